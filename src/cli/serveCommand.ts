@@ -1,0 +1,54 @@
+import type { Command } from 'commander';
+import { startServer } from '../server/grpcServer.js';
+import { loadConfig } from '../server/config.js';
+import { createLogger } from '../telemetry/logger.js';
+
+export function registerServe(program: Command): void {
+  program
+    .command('serve')
+    .description('serve the model repository over gRPC (flags override HISTOSEG_* environment variables)')
+    .option('--host <host>', 'listen address (HISTOSEG_HOST, default 127.0.0.1)')
+    .option('--port <port>', 'gRPC port, 0 = any free (HISTOSEG_PORT, default 50051)')
+    .option('--metrics-port <port>', 'HTTP port for /metrics, /healthz, /readyz (HISTOSEG_METRICS_PORT, default 9464)')
+    .option('--models <dir>', 'model repository folder (HISTOSEG_MODELS, default models)')
+    .option('--default-model <name>', 'model served when a stream names none (HISTOSEG_DEFAULT_MODEL)')
+    .option('--engine <kind>', 'onnx or tfjs (HISTOSEG_ENGINE, default onnx)')
+    .option('--threads <n>', 'engine threads in all (HISTOSEG_THREADS, default: CPU cores)')
+    .option('--workers <n>', 'engine worker threads (HISTOSEG_WORKERS, default 1)')
+    .option('--max-batch <n>', 'largest batch (HISTOSEG_MAX_BATCH, default 16)')
+    .option('--max-delay-ms <ms>', 'longest wait for a batch to fill (HISTOSEG_MAX_DELAY_MS, default 4)')
+    .option('--queue-capacity <n>', 'windows queued over all streams before reads pause (HISTOSEG_QUEUE_CAPACITY, default 256)')
+    .option('--stream-window <n>', 'tiles in flight per stream (HISTOSEG_STREAM_WINDOW, default 32)')
+    .option('--max-message-bytes <n>', 'largest gRPC message (HISTOSEG_MAX_MESSAGE_BYTES, default 16 MiB)')
+    .option('--max-tile-pixels <n>', 'largest tile, width x height (HISTOSEG_MAX_TILE_PIXELS, default 4096x4096)')
+    .option('--min-tissue-fraction <f>', 'tiles with less tissue are BACKGROUND (HISTOSEG_MIN_TISSUE_FRACTION, default 0.05)')
+    .option('--stain-normalization <bool>', 'Macenko normalisation (HISTOSEG_STAIN_NORMALIZATION, default true)')
+    .option('--tls-cert <file>', 'PEM certificate chain (HISTOSEG_TLS_CERT)')
+    .option('--tls-key <file>', 'PEM private key (HISTOSEG_TLS_KEY)')
+    .option('--tls-client-ca <file>', 'require client certificates signed by this CA (HISTOSEG_TLS_CLIENT_CA)')
+    .option('--tokens-file <file>', 'lines of "<role> <token>", role segment or train (HISTOSEG_TOKENS_FILE)')
+    .option('--drain-timeout-s <s>', 'grace time for in-flight tiles on SIGTERM (HISTOSEG_DRAIN_TIMEOUT_S, default 25)')
+    .option('--log-level <level>', 'pino level (HISTOSEG_LOG_LEVEL, default info)')
+    .action(async (flags: Record<string, unknown>) => {
+      const config = loadConfig(flags);
+      const log = createLogger(config.logLevel);
+      const server = await startServer(config, log);
+      let signals = 0;
+      const stop = (sig: string) => {
+        if (++signals > 1) {
+          log.warn({ signal: sig }, 'second signal: exiting now');
+          process.exit(1);
+        }
+        log.info({ signal: sig }, 'shutting down');
+        server.shutdown().then(
+          () => process.exit(0),
+          (err: Error) => {
+            log.error({ err }, 'shutdown failed');
+            process.exit(1);
+          },
+        );
+      };
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      process.on('SIGINT', () => stop('SIGINT'));
+    });
+}

@@ -1,0 +1,123 @@
+import { EventEmitter, once } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import type { Manifest } from '../model/manifest.js';
+import type { EngineInput, EngineKind, EngineOutput } from './engine.js';
+import type { WorkerInit, WorkerReply } from './workerProtocol.js';
+
+export interface PoolOptions {
+  kind: EngineKind;
+  modelDir: string;
+  manifest: Manifest;
+  /** Total engine threads, split over the workers. */
+  threads: number;
+  workers: number;
+}
+
+export interface PoolResult extends EngineOutput {
+  /** Engine time of this batch inside the worker. */
+  seconds: number;
+}
+
+interface Slot {
+  worker: Worker;
+  busy: boolean;
+  pending?: { id: number; resolve: (r: PoolResult) => void; reject: (e: Error) => void };
+}
+
+/** Running from TypeScript source (tsx), workers need the same loader; compiled JS needs nothing. */
+function workerSpec(): { url: URL; execArgv?: string[] } {
+  const fromSource = import.meta.url.endsWith('.ts');
+  const url = new URL(fromSource ? './engineWorker.ts' : './engineWorker.js', import.meta.url);
+  if (!fromSource) return { url };
+  const hasLoader = process.execArgv.some((a) => a.includes('tsx'));
+  return { url, execArgv: hasLoader ? process.execArgv : [...process.execArgv, '--import', import.meta.resolve('tsx')] };
+}
+
+/**
+ * Engines in worker threads, one batch per worker at a time. The batcher asks for an idle worker before it
+ * closes a batch, so batches form while the engine is busy.
+ */
+export class EnginePool extends EventEmitter {
+  readonly engineName: string;
+  private readonly slots: Slot[];
+  private nextId = 1;
+  private closed = false;
+
+  private constructor(slots: Slot[], engineName: string) {
+    super();
+    this.slots = slots;
+    this.engineName = engineName;
+  }
+
+  static async create(opts: PoolOptions): Promise<EnginePool> {
+    const spec = workerSpec();
+    const perWorker = Math.max(1, Math.floor(opts.threads / opts.workers));
+    const slots: Slot[] = [];
+    const names: string[] = [];
+    try {
+      for (let i = 0; i < opts.workers; i++) {
+        const init: WorkerInit = { kind: opts.kind, modelDir: opts.modelDir, manifest: opts.manifest, threads: perWorker };
+        const worker = new Worker(spec.url, { workerData: init, execArgv: spec.execArgv });
+        slots.push({ worker, busy: false });
+        const [msg] = (await Promise.race([once(worker, 'message'), once(worker, 'error').then(([e]) => [{ type: 'failed', message: (e as Error).message }])])) as [WorkerReply];
+        if (msg.type !== 'ready') throw new Error(`engine ${opts.kind} failed to start: ${msg.type === 'failed' ? msg.message : msg.type}`);
+        names.push(msg.engine);
+      }
+    } catch (err) {
+      await Promise.all(slots.map((s) => s.worker.terminate()));
+      throw err;
+    }
+    const pool = new EnginePool(slots, names[0]);
+    for (const slot of slots) pool.attach(slot);
+    return pool;
+  }
+
+  private attach(slot: Slot): void {
+    slot.worker.on('message', (msg: WorkerReply) => {
+      const p = slot.pending;
+      if (!p || (msg.type !== 'result' && msg.type !== 'error') || msg.id !== p.id) return;
+      slot.pending = undefined;
+      slot.busy = false;
+      if (msg.type === 'result') p.resolve({ mask: msg.mask, cls: msg.cls, seconds: msg.seconds });
+      else p.reject(new Error(`engine error: ${msg.message}`));
+      this.emit('idle');
+    });
+    const fail = (err: Error) => {
+      slot.pending?.reject(new Error(`engine worker died: ${err.message}`));
+      slot.pending = undefined;
+      if (!this.closed) this.emit('error', err);
+    };
+    slot.worker.on('error', fail);
+    slot.worker.on('exit', (code) => {
+      if (!this.closed) fail(new Error(`exit code ${code}`));
+    });
+  }
+
+  get size(): number {
+    return this.slots.length;
+  }
+
+  idleCount(): number {
+    let n = 0;
+    for (const s of this.slots) if (!s.busy) n++;
+    return n;
+  }
+
+  /** Runs a batch on an idle worker; the input buffer is transferred (unusable afterwards). */
+  run(input: EngineInput): Promise<PoolResult> {
+    const slot = this.slots.find((s) => !s.busy);
+    if (!slot) return Promise.reject(new Error('no idle engine worker'));
+    if (this.closed) return Promise.reject(new Error('engine pool closed'));
+    slot.busy = true;
+    const id = this.nextId++;
+    return new Promise<PoolResult>((resolve, reject) => {
+      slot.pending = { id, resolve, reject };
+      slot.worker.postMessage({ type: 'run', id, data: input.data, n: input.n }, [input.data.buffer as ArrayBuffer]);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.slots.map((s) => s.worker.terminate()));
+  }
+}

@@ -1,0 +1,17 @@
+import type { Manifest } from '../model/manifest.js';
+import type { EngineKind } from './engine.js';
+
+export interface WorkerInit {
+  kind: EngineKind;
+  modelDir: string;
+  manifest: Manifest;
+  threads: number;
+}
+
+export type WorkerRequest = { type: 'run'; id: number; data: Float32Array; n: number } | { type: 'dispose' };
+
+export type WorkerReply =
+  | { type: 'ready'; engine: string }
+  | { type: 'failed'; message: string }
+  | { type: 'result'; id: number; mask: Float32Array; cls: Float32Array; seconds: number }
+  | { type: 'error'; id: number; message: string };

@@ -1,0 +1,179 @@
+import { TileStatus, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
+import { decodeImage, encodeMaskPng, resizeLabels, resizeRgb, InvalidImageError, type RgbImage } from '../preprocess/decode.js';
+import { normalizeStain, StainEstimator } from '../preprocess/macenko.js';
+import { tissueMask } from '../preprocess/tissue.js';
+import { Blender, extractWindow, planWindows, writeModelInput } from '../preprocess/tiling.js';
+import type { LoadedModel } from './modelRegistry.js';
+
+/** Relative mpp difference below which a tile is taken at the model's scale as it is. */
+const MPP_TOLERANCE = 0.02;
+/** Overlap of neighbouring 128x128 windows in a larger tile, in pixels; blending hides the seams. */
+export const WINDOW_OVERLAP = 32;
+
+export interface TileLimits {
+  maxPixels: number;
+}
+
+/** Per-stream (per-slide) state: options, and the stain estimate shared by all the slide's tiles. */
+export interface StreamContext {
+  readonly model: LoadedModel;
+  readonly minTissueFraction: number;
+  readonly omitMask: boolean;
+  /** Undefined when stain normalisation is off or the model has no reference. */
+  readonly stain?: StainEstimator;
+  readonly signal: AbortSignal;
+}
+
+export class TooManyPixelsError extends Error {}
+
+/** A background answer's mask PNG depends only on its size: cache a few. */
+const zeroMasks = new Map<string, Promise<Buffer>>();
+function zeroMaskPng(width: number, height: number): Promise<Buffer> {
+  const k = `${width}x${height}`;
+  let p = zeroMasks.get(k);
+  if (!p) {
+    if (zeroMasks.size >= 64) zeroMasks.delete(zeroMasks.keys().next().value!);
+    p = encodeMaskPng(new Uint8Array(width * height), width, height);
+    zeroMasks.set(k, p);
+  }
+  return p;
+}
+
+function softmaxInto(logits: Float32Array, out: Float64Array, weight: number): void {
+  let max = -Infinity;
+  for (const v of logits) if (v > max) max = v;
+  let sum = 0;
+  const e = new Float64Array(logits.length);
+  for (let i = 0; i < logits.length; i++) sum += e[i] = Math.exp(logits[i] - max);
+  for (let i = 0; i < logits.length; i++) out[i] += (weight * e[i]) / sum;
+}
+
+function fractionsOf(labels: Uint8Array, C: number): number[] {
+  const counts = new Float64Array(C);
+  for (let i = 0; i < labels.length; i++) counts[labels[i]]++;
+  return Array.from(counts, (c) => c / labels.length);
+}
+
+function base(tile: Tile, model: LoadedModel): SegmentTilesResponse {
+  return {
+    tileId: tile.tileId,
+    status: TileStatus.TILE_STATUS_UNSPECIFIED,
+    mask: Buffer.alloc(0),
+    classProbabilities: [],
+    classFractions: [],
+    tissueFraction: 0,
+    modelVersion: model.manifest.version,
+    modelName: model.manifest.name,
+    error: '',
+    x: tile.x,
+    y: tile.y,
+    width: 0,
+    height: 0,
+    predictedClass: 0,
+    queueSeconds: 0,
+    computeSeconds: 0,
+  };
+}
+
+export function invalid(tile: Tile, model: LoadedModel, error: string): SegmentTilesResponse {
+  return { ...base(tile, model), status: TileStatus.TILE_STATUS_INVALID, error };
+}
+
+/**
+ * One tile, from encoded bytes to its answer. Bad images become INVALID answers; only a tile over the pixel
+ * limit throws (TooManyPixelsError), because the stream then ends with RESOURCE_EXHAUSTED.
+ */
+export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLimits): Promise<SegmentTilesResponse> {
+  const { model } = ctx;
+  const manifest = model.manifest;
+  if (!Number.isFinite(tile.mpp) || tile.mpp < 0) return invalid(tile, model, `mpp must be a finite number >= 0, got ${tile.mpp}`);
+  if (tile.image.length === 0) return invalid(tile, model, 'image is empty');
+
+  let img: RgbImage;
+  try {
+    img = await decodeImage(tile.image, { maxPixels: limits.maxPixels });
+  } catch (err) {
+    if (err instanceof InvalidImageError) {
+      if (/limit/i.test(err.message) && /pixel/i.test(err.message)) throw new TooManyPixelsError(err.message);
+      return invalid(tile, model, err.message);
+    }
+    throw err;
+  }
+  const { width, height } = img;
+  const C = manifest.classes.length;
+  const size = manifest.inputSize;
+
+  // Bring the tile to the model's scale (1.25X in the paper); the mask goes back to the tile's own size.
+  let work = img;
+  if (tile.mpp > 0 && Math.abs(tile.mpp - manifest.mpp) / manifest.mpp > MPP_TOLERANCE) {
+    const s = tile.mpp / manifest.mpp;
+    work = await resizeRgb(img, Math.max(1, Math.round(width * s)), Math.max(1, Math.round(height * s)));
+  }
+  const pixels = work.width * work.height;
+  const tissue = tissueMask(work.data, work.width, work.height);
+  let tissueCount = 0;
+  for (let i = 0; i < tissue.length; i++) tissueCount += tissue[i];
+  const tissueFraction = tissueCount / pixels;
+
+  if (tissueFraction < ctx.minTissueFraction) {
+    // Background answers at once, without the model: all class 0, and a one-hot class 0 for the classifier.
+    const probs = new Array<number>(C).fill(0);
+    probs[0] = 1;
+    return {
+      ...base(tile, model),
+      status: TileStatus.TILE_STATUS_BACKGROUND,
+      mask: ctx.omitMask ? Buffer.alloc(0) : await zeroMaskPng(width, height),
+      classProbabilities: probs,
+      classFractions: probs.slice(),
+      tissueFraction,
+      width,
+      height,
+    };
+  }
+
+  let rgb = work.data;
+  if (ctx.stain && manifest.stainReference) {
+    ctx.stain.add(rgb, pixels, tissue);
+    const source = ctx.stain.params();
+    if (source) rgb = normalizeStain(rgb, pixels, source, manifest.stainReference);
+  }
+  const normalized: RgbImage = { data: rgb, width: work.width, height: work.height };
+
+  const windows = planWindows(work.width, work.height, size, WINDOW_OVERLAP);
+  const results = await Promise.all(
+    windows.map((win) => {
+      const input = new Float32Array(3 * size * size);
+      writeModelInput(extractWindow(normalized, win, size), size, input, 0);
+      return model.batcher.enqueue(input, ctx.signal);
+    }),
+  );
+
+  const blender = new Blender(work.width, work.height, C, size);
+  const probs = new Float64Array(C);
+  let queueSeconds = 0;
+  let computeSeconds = 0;
+  for (let i = 0; i < windows.length; i++) {
+    blender.add(windows[i], results[i].mask, 0);
+    softmaxInto(results[i].cls, probs, 1 / windows.length);
+    queueSeconds = Math.max(queueSeconds, results[i].queueSeconds);
+    computeSeconds = Math.max(computeSeconds, results[i].computeSeconds);
+  }
+  let labels = blender.labels();
+  if (work.width !== width || work.height !== height) labels = await resizeLabels(labels, work.width, work.height, width, height);
+
+  let predicted = 0;
+  for (let c = 1; c < C; c++) if (probs[c] > probs[predicted]) predicted = c;
+  return {
+    ...base(tile, model),
+    status: TileStatus.TILE_STATUS_SEGMENTED,
+    mask: ctx.omitMask ? Buffer.alloc(0) : await encodeMaskPng(labels, width, height),
+    classProbabilities: Array.from(probs),
+    classFractions: fractionsOf(labels, C),
+    tissueFraction,
+    width,
+    height,
+    predictedClass: predicted,
+    queueSeconds,
+    computeSeconds,
+  };
+}

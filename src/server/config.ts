@@ -1,0 +1,83 @@
+import { availableParallelism } from 'node:os';
+import { z } from 'zod';
+import { ENGINE_KINDS } from '../engine/engine.js';
+
+/**
+ * Server configuration, parsed once at start from flags and HISTOSEG_* variables into a frozen object.
+ * Nothing reads process.env after this.
+ */
+const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])]).transform((v) =>
+  typeof v === 'boolean' ? v : ['true', '1', 'yes'].includes(v),
+);
+const port = z.coerce.number().int().min(0).max(65535);
+
+export const ConfigSchema = z
+  .object({
+    host: z.string().min(1).default('127.0.0.1'),
+    port: port.default(50051),
+    metricsPort: port.default(9464),
+    models: z.string().min(1).default('models'),
+    defaultModel: z.string().optional(),
+    engine: z.enum(ENGINE_KINDS).default('onnx'),
+    /** Engine threads; the cores this process really has, so engines don't fight over them. */
+    threads: z.coerce.number().int().min(1).max(256).default(availableParallelism()),
+    workers: z.coerce.number().int().min(1).max(64).default(1),
+    maxBatch: z.coerce.number().int().min(1).max(256).default(16),
+    maxDelayMs: z.coerce.number().min(0).max(10_000).default(4),
+    /** Windows waiting for the engine, over all streams; a stream's reads pause while it is full. */
+    queueCapacity: z.coerce.number().int().min(1).max(1_000_000).default(256),
+    /** Tiles a single stream may have in flight (decoded or queued, not yet answered). */
+    streamWindow: z.coerce.number().int().min(1).max(10_000).default(32),
+    maxMessageBytes: z.coerce.number().int().min(1024).max(1 << 30).default(16 * 1024 * 1024),
+    maxTilePixels: z.coerce.number().int().min(1).max(1 << 30).default(4096 * 4096),
+    minTissueFraction: z.coerce.number().min(0).max(1).default(0.05),
+    stainNormalization: bool.default(true),
+    tlsCert: z.string().optional(),
+    tlsKey: z.string().optional(),
+    tlsClientCa: z.string().optional(),
+    tokensFile: z.string().optional(),
+    drainTimeoutS: z.coerce.number().min(0).max(3600).default(25),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  })
+  .strict()
+  .refine((c) => !!c.tlsCert === !!c.tlsKey, { message: 'tlsCert and tlsKey (HISTOSEG_TLS_CERT, HISTOSEG_TLS_KEY) must be set together' })
+  .refine((c) => !c.tlsClientCa || !!c.tlsCert, { message: 'tlsClientCa needs tlsCert and tlsKey' });
+
+export type Config = Readonly<z.infer<typeof ConfigSchema>>;
+
+/** camelCase key -> HISTOSEG_SNAKE_CASE. */
+export function envName(key: string): string {
+  return 'HISTOSEG_' + key.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
+}
+
+export const CONFIG_KEYS = Object.keys(ConfigSchema.shape) as (keyof z.infer<typeof ConfigSchema>)[];
+
+/**
+ * Flags win over environment variables, which win over defaults. Unknown HISTOSEG_* variables are an error,
+ * because a typo would otherwise be silently ignored.
+ */
+export function loadConfig(flags: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): Config {
+  const merged: Record<string, unknown> = {};
+  const known = new Set(CONFIG_KEYS.map(envName));
+  for (const name of Object.keys(env)) {
+    if (name.startsWith('HISTOSEG_') && !known.has(name)) {
+      throw new Error(`unknown environment variable ${name}; known: ${[...known].join(', ')}`);
+    }
+  }
+  for (const key of CONFIG_KEYS) {
+    const v = env[envName(key)];
+    if (v !== undefined && v !== '') merged[key] = v;
+  }
+  for (const [key, v] of Object.entries(flags)) {
+    if (v !== undefined) merged[key] = v;
+  }
+  const parsed = ConfigSchema.safeParse(merged);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => {
+      const key = String(i.path[0] ?? '');
+      return key ? `${key} (--${key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())} / ${envName(key)}): ${i.message}` : i.message;
+    });
+    throw new Error(`invalid configuration:\n  ${issues.join('\n  ')}`);
+  }
+  return Object.freeze(parsed.data);
+}

@@ -1,0 +1,126 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation } from 'grpc-health-check';
+import { ModelRegistry } from '../inference/modelRegistry.js';
+import { ModelServiceService } from '../proto/gen/histoseg/v1/model.js';
+import { SegmentationServiceService } from '../proto/gen/histoseg/v1/segmentation.js';
+import { startTelemetryServer } from '../telemetry/httpServer.js';
+import type { Logger } from '../telemetry/logger.js';
+import { Metrics } from '../telemetry/metrics.js';
+import { TokenAuth } from './auth.js';
+import type { Config } from './config.js';
+import { modelServiceHandlers } from './modelServiceHandlers.js';
+import { segmentTilesHandler } from './segmentTilesHandler.js';
+
+const SERVICES = ['', 'histoseg.v1.SegmentationService', 'histoseg.v1.ModelService'];
+/** Models loaded at once, each with its own engine workers. */
+const MAX_LOADED_MODELS = 4;
+
+export interface RunningServer {
+  readonly port: number;
+  readonly metricsPort: number;
+  readonly metrics: Metrics;
+  readonly registry: ModelRegistry;
+  /** Health NOT_SERVING, refuse new streams, drain in-flight tiles (up to the grace time), then close. */
+  shutdown(): Promise<void>;
+}
+
+function credentials(config: Config): ServerCredentials {
+  if (!config.tlsCert || !config.tlsKey) return ServerCredentials.createInsecure();
+  const ca = config.tlsClientCa ? readFileSync(config.tlsClientCa) : null;
+  return ServerCredentials.createSsl(ca, [{ cert_chain: readFileSync(config.tlsCert), private_key: readFileSync(config.tlsKey) }], !!ca);
+}
+
+function protoRoot(): string {
+  // Source layout: src/server -> ../../proto; compiled layout: dist/src/server -> ../../../proto.
+  const here = fileURLToPath(import.meta.url);
+  const up = here.includes('/dist/') ? '../../../proto' : '../../proto';
+  return fileURLToPath(new URL(up, import.meta.url));
+}
+
+export async function startServer(config: Config, log: Logger, metrics = new Metrics()): Promise<RunningServer> {
+  const auth = config.tokensFile ? TokenAuth.fromFile(config.tokensFile) : undefined;
+  const creds = credentials(config);
+  if (!auth) log.warn('no tokens file: RPCs are not authenticated (set HISTOSEG_TOKENS_FILE)');
+  if (!config.tlsCert) log.warn('TLS is off: tiles travel in clear text (set HISTOSEG_TLS_CERT and HISTOSEG_TLS_KEY)');
+
+  const health = new HealthImplementation(Object.fromEntries(SERVICES.map((s) => [s, 'NOT_SERVING' as const])));
+  let ready = false;
+  let draining = false;
+  const telemetry = await startTelemetryServer(config.host, config.metricsPort, metrics.registry, { ready: () => ready && !draining });
+
+  const registry = new ModelRegistry(
+    {
+      root: config.models,
+      defaultModel: config.defaultModel,
+      engine: config.engine,
+      threads: config.threads,
+      workers: config.workers,
+      maxBatch: config.maxBatch,
+      maxDelayMs: config.maxDelayMs,
+      queueCapacity: config.queueCapacity,
+      maxLoadedModels: MAX_LOADED_MODELS,
+    },
+    log,
+    metrics,
+  );
+  const streams = new Set<Promise<void>>();
+  const server = new Server({
+    'grpc.max_receive_message_length': config.maxMessageBytes,
+    'grpc.max_send_message_length': config.maxMessageBytes,
+    'grpc.keepalive_time_ms': 60_000,
+    'grpc.keepalive_timeout_ms': 20_000,
+  });
+  server.addService(
+    SegmentationServiceService,
+    { segmentTiles: segmentTilesHandler({ config, registry, log, metrics, auth, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
+  );
+  server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, auth));
+  health.addToServer(server);
+  const packageDefinition = loadSync(['histoseg/v1/segmentation.proto', 'histoseg/v1/model.proto'], { includeDirs: [protoRoot()] });
+  new ReflectionService(packageDefinition).addToServer(server);
+
+  let port: number;
+  try {
+    port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(`${config.host.includes(':') ? `[${config.host}]` : config.host}:${config.port}`, creds, (err, p) => (err ? reject(err) : resolve(p))),
+    );
+  } catch (err) {
+    telemetry.server.close();
+    throw new Error(`cannot listen on ${config.host}:${config.port}: ${(err as Error).message}`);
+  }
+  try {
+    await registry.start();
+  } catch (err) {
+    server.forceShutdown();
+    telemetry.server.close();
+    throw err;
+  }
+  ready = true;
+  for (const s of SERVICES) health.setStatus(s, 'SERVING');
+  log.info({ host: config.host, port, metricsPort: telemetry.port, engine: config.engine, tls: !!config.tlsCert, auth: !!auth }, 'serving');
+
+  let shuttingDown: Promise<void> | undefined;
+  const shutdown = () =>
+    (shuttingDown ??= (async () => {
+      draining = true;
+      for (const s of SERVICES) health.setStatus(s, 'NOT_SERVING');
+      log.info({ streams: streams.size }, 'draining');
+      const grace = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), config.drainTimeoutS * 1000).unref());
+      const drained = (async () => {
+        await Promise.allSettled([...streams]);
+        await registry.stop();
+      })();
+      if ((await Promise.race([drained, grace])) === 'timeout') log.warn({ streams: streams.size }, 'drain timed out; closing anyway');
+      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      server.forceShutdown();
+      await registry.stop().catch(() => undefined);
+      await new Promise<void>((resolve) => telemetry.server.close(() => resolve()));
+      log.info('stopped');
+    })());
+
+  return { port, metricsPort: telemetry.port, metrics, registry, shutdown };
+}

@@ -1,0 +1,51 @@
+import type { sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
+import type { ModelRegistry } from '../inference/modelRegistry.js';
+import type { Manifest } from '../model/manifest.js';
+import type { GetModelRequest, GetModelResponse, ListModelsRequest, ListModelsResponse, ModelInfo, ModelServiceServer } from '../proto/gen/histoseg/v1/model.js';
+import type { TokenAuth } from './auth.js';
+import { notFound, toStatus } from './errors.js';
+
+function info(m: Manifest, engine: string, isDefault: boolean, loaded: boolean): ModelInfo {
+  return {
+    name: m.name,
+    version: m.version,
+    classes: m.classes.map((c, index) => ({ index, name: c.name, color: c.color })),
+    inputSize: m.inputSize,
+    mpp: m.mpp,
+    engine,
+    trained: m.trained,
+    createdAt: m.createdAt,
+    isDefault,
+    parent: m.lineage.parent ?? '',
+    metrics: m.metrics,
+    loaded,
+  };
+}
+
+export function modelServiceHandlers(registry: ModelRegistry, configuredEngine: string, auth?: TokenAuth): ModelServiceServer {
+  const list = async () => (await registry.list()).map((e) => info(e.manifest, e.loaded?.pool.engineName ?? configuredEngine, e.isDefault, !!e.loaded));
+  const unary =
+    <Req, Res>(fn: (req: Req) => Promise<Res>) =>
+    (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
+      const denied = auth?.check(call.metadata, 'segment');
+      if (denied) return cb(denied.toServiceError(), null);
+      fn(call.request).then(
+        (res) => cb(null, res),
+        (err) => cb(toStatus(err).toServiceError(), null),
+      );
+    };
+  return {
+    listModels: unary<ListModelsRequest, ListModelsResponse>(async () => ({ models: await list() })),
+    getModel: unary<GetModelRequest, GetModelResponse>(async (req) => {
+      const all = await list();
+      const name = req.name || all.find((m) => m.isDefault)?.name;
+      const matches = all.filter((m) => m.name === name && (!req.version || m.version === req.version));
+      if (matches.length === 0) {
+        throw notFound(`no model ${req.name || '(default)'}${req.version ? '@' + req.version : ''}; available: ${all.map((m) => `${m.name}@${m.version}`).join(', ') || 'none'}`);
+      }
+      // Newest first is the repository's order; without a version, the default's version wins for the default name.
+      const pick = (!req.version && matches.find((m) => m.isDefault)) || matches[0];
+      return { model: pick };
+    }),
+  };
+}

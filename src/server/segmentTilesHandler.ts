@@ -1,0 +1,141 @@
+import type { ServerDuplexStream } from '@grpc/grpc-js';
+import { BatcherStoppedError } from '../inference/batcher.js';
+import { ModelNotFoundError, TooManyModelsError, type ModelRegistry } from '../inference/modelRegistry.js';
+import { invalid, processTile, TooManyPixelsError, type StreamContext } from '../inference/tileProcessor.js';
+import { StainEstimator } from '../preprocess/macenko.js';
+import { TileStatus, type SegmentTilesOptions, type SegmentTilesRequest, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
+import type { Logger } from '../telemetry/logger.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import type { TokenAuth } from './auth.js';
+import type { Config } from './config.js';
+import { invalidArgument, notFound, resourceExhausted, StatusError, toStatus, unavailable } from './errors.js';
+import { OrderedWriter } from './orderedWriter.js';
+
+export interface HandlerDeps {
+  config: Config;
+  registry: ModelRegistry;
+  log: Logger;
+  metrics: Metrics;
+  auth?: TokenAuth;
+  /** True once SIGTERM arrived: new streams are refused, open ones finish. */
+  draining(): boolean;
+  /** Open streams, so shutdown can wait for them. */
+  track(done: Promise<void>): void;
+}
+
+const STATUS_LABEL: Record<number, string> = {
+  [TileStatus.TILE_STATUS_SEGMENTED]: 'segmented',
+  [TileStatus.TILE_STATUS_BACKGROUND]: 'background',
+  [TileStatus.TILE_STATUS_INVALID]: 'invalid',
+};
+const MAX_TILE_ID_LENGTH = 1024;
+
+type Call = ServerDuplexStream<SegmentTilesRequest, SegmentTilesResponse>;
+
+export function segmentTilesHandler(deps: HandlerDeps): (call: Call) => void {
+  return (call) => deps.track(handle(call, deps));
+}
+
+async function streamContext(options: SegmentTilesOptions | undefined, deps: HandlerDeps, signal: AbortSignal): Promise<StreamContext> {
+  const o = options;
+  const min = o?.minTissueFraction;
+  if (min !== undefined && !(min >= 0 && min <= 1)) throw invalidArgument(`min_tissue_fraction must be in [0, 1], got ${min}`);
+  let model;
+  try {
+    model = await deps.registry.get(o?.modelName ?? '', o?.modelVersion ?? '');
+  } catch (err) {
+    if (err instanceof ModelNotFoundError) throw notFound(err.message);
+    if (err instanceof TooManyModelsError) throw resourceExhausted(err.message);
+    throw err;
+  }
+  const stainOn = (o?.stainNormalization ?? deps.config.stainNormalization) && !!model.manifest.stainReference;
+  return {
+    model,
+    minTissueFraction: min ?? deps.config.minTissueFraction,
+    omitMask: o?.omitMask ?? false,
+    stain: stainOn ? new StainEstimator() : undefined,
+    signal,
+  };
+}
+
+async function handle(call: Call, deps: HandlerDeps): Promise<void> {
+  const { metrics, log, config } = deps;
+  const abort = new AbortController();
+  const signal = abort.signal;
+  let ended = false;
+  const fail = (err: unknown) => {
+    if (ended) return;
+    ended = true;
+    const s = err instanceof TooManyPixelsError ? resourceExhausted(err.message) : err instanceof BatcherStoppedError ? unavailable(err.message) : toStatus(err);
+    if (!(err instanceof StatusError) && !(err instanceof TooManyPixelsError) && !(err instanceof BatcherStoppedError)) {
+      log.error({ err }, 'SegmentTiles failed');
+    }
+    metrics.requestErrors.inc({ code: String(s.code) });
+    abort.abort(s);
+    call.emit('error', s.toServiceError());
+  };
+  const onCancel = () => {
+    ended = true;
+    abort.abort(new Error('stream cancelled'));
+  };
+  call.on('cancelled', onCancel);
+  const deadline = call.getDeadline();
+  const ms = deadline instanceof Date ? deadline.getTime() - Date.now() : Number(deadline) - Date.now();
+  const timer = Number.isFinite(ms) ? setTimeout(onCancel, Math.max(0, ms)) : undefined;
+
+  metrics.streams.inc();
+  const writer = new OrderedWriter<SegmentTilesResponse>(call, signal, fail);
+  try {
+    if (deps.draining()) throw unavailable('server is shutting down');
+    const denied = deps.auth?.check(call.metadata, 'segment');
+    if (denied) throw denied;
+
+    let ctx: StreamContext | undefined;
+    let first = true;
+    for await (const req of call as AsyncIterable<SegmentTilesRequest>) {
+      if (ended) break;
+      if (req.options) {
+        if (!first) throw invalidArgument('options may only come in the first message of a stream');
+        ctx = await streamContext(req.options, deps, signal);
+      }
+      first = false;
+      if (!req.tile) {
+        if (!req.options) throw invalidArgument('a message must carry options (first message only) or a tile');
+        continue;
+      }
+      ctx ??= await streamContext(undefined, deps, signal);
+      // Backpressure: stop reading while this stream has too much in flight or the shared queue is full.
+      await writer.waitBelow(config.streamWindow);
+      await ctx.model.batcher.waitForCapacity(signal);
+      if (ended) break;
+      writer.push(answer(req.tile, ctx, deps));
+    }
+    if (!ended) {
+      await writer.finish();
+      ended = true;
+      call.end();
+    }
+  } catch (err) {
+    if (!signal.aborted) fail(err);
+  } finally {
+    clearTimeout(timer);
+    metrics.streams.dec();
+  }
+}
+
+async function answer(tile: Tile, ctx: StreamContext, deps: HandlerDeps): Promise<SegmentTilesResponse> {
+  const started = performance.now();
+  deps.metrics.inflightTiles.inc();
+  try {
+    const res =
+      tile.tileId.length > MAX_TILE_ID_LENGTH
+        ? invalid(tile, ctx.model, `tile_id is longer than ${MAX_TILE_ID_LENGTH} characters`)
+        : await processTile(tile, ctx, { maxPixels: deps.config.maxTilePixels });
+    const label = STATUS_LABEL[res.status] ?? 'unknown';
+    deps.metrics.tiles.inc({ status: label, model: ctx.model.manifest.name });
+    deps.metrics.tileSeconds.observe({ status: label }, (performance.now() - started) / 1000);
+    return res;
+  } finally {
+    deps.metrics.inflightTiles.dec();
+  }
+}

@@ -1,0 +1,44 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+/** All metrics of one server, in an injected registry. Queue time and compute time are separate (Triton's split). */
+export class Metrics {
+  readonly registry: Registry;
+  readonly tiles: Counter<'status' | 'model'>;
+  readonly tileSeconds: Histogram<'status'>;
+  readonly queueSeconds: Histogram;
+  readonly computeSeconds: Histogram;
+  readonly batchSize: Histogram;
+  readonly queueDepth: Gauge;
+  readonly inflightTiles: Gauge;
+  readonly streams: Gauge;
+  readonly executions: Counter;
+  readonly inferences: Counter;
+  readonly requestErrors: Counter<'code'>;
+  readonly modelInfo: Gauge<'name' | 'version' | 'engine' | 'trained'>;
+
+  constructor(registry = new Registry(), opts: { processMetrics?: boolean } = {}) {
+    this.registry = registry;
+    const r = [registry];
+    if (opts.processMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: 'histoseg_' });
+    this.tiles = new Counter({ name: 'histoseg_tiles_total', help: 'Tiles answered, by status', labelNames: ['status', 'model'], registers: r });
+    this.tileSeconds = new Histogram({
+      name: 'histoseg_tile_latency_seconds',
+      help: 'Time from a tile being read off the stream to its answer being written',
+      labelNames: ['status'],
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    });
+    this.queueSeconds = new Histogram({ name: 'histoseg_queue_seconds', help: 'Time a model window waited in the batch queue', buckets: LATENCY_BUCKETS, registers: r });
+    this.computeSeconds = new Histogram({ name: 'histoseg_compute_seconds', help: 'Engine time per batch execution', buckets: LATENCY_BUCKETS, registers: r });
+    this.batchSize = new Histogram({ name: 'histoseg_batch_size', help: 'Windows per engine execution', buckets: [1, 2, 4, 8, 12, 16, 24, 32, 64, 128], registers: r });
+    this.queueDepth = new Gauge({ name: 'histoseg_queue_depth', help: 'Windows waiting for the engine', registers: r });
+    this.inflightTiles = new Gauge({ name: 'histoseg_inflight_tiles', help: 'Tiles read but not yet answered', registers: r });
+    this.streams = new Gauge({ name: 'histoseg_streams', help: 'Open SegmentTiles streams', registers: r });
+    this.executions = new Counter({ name: 'histoseg_engine_executions_total', help: 'Engine batch executions', registers: r });
+    this.inferences = new Counter({ name: 'histoseg_engine_inferences_total', help: 'Windows run through the engine', registers: r });
+    this.requestErrors = new Counter({ name: 'histoseg_rpc_errors_total', help: 'RPCs ended with a non-OK status, by code', labelNames: ['code'], registers: r });
+    this.modelInfo = new Gauge({ name: 'histoseg_model_info', help: 'Loaded models (value 1)', labelNames: ['name', 'version', 'engine', 'trained'], registers: r });
+  }
+}
