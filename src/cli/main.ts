@@ -1,5 +1,11 @@
 import { Command } from 'commander';
 import { registerServe } from './serveCommand.js';
+import { registerImportWeights } from '../model/importWeightsCommand.js';
+import { registerInitModel } from '../model/initModelCommand.js';
+import { registerSynth } from '../training/synthCommand.js';
+import { registerEvaluate } from '../evaluation/evaluateCommand.js';
+import { registerIngest } from '../training/ingestCommand.js';
+import { registerPrepare } from '../training/prepareCommand.js';
 
 // Each area registers its own commands; this file only assembles them.
 const program = new Command()
@@ -8,6 +14,12 @@ const program = new Command()
   .showHelpAfterError();
 
 registerServe(program);
+registerSynth(program);
+registerIngest(program);
+registerPrepare(program);
+registerEvaluate(program);
+registerInitModel(program);
+registerImportWeights(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`histoseg: ${err instanceof Error ? err.message : String(err)}\n`);

@@ -115,6 +115,10 @@ export class Batcher extends EventEmitter {
   }
 
   private pump(): void {
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
     while (this.queue.length > 0 && this.runner.idleCount() > 0) {
       const waited = performance.now() - this.queue[0].enqueuedAt;
       if (this.queue.length < this.opts.maxBatch && waited < this.opts.maxDelayMs && !this.stopped) {
@@ -126,7 +130,6 @@ export class Batcher extends EventEmitter {
   }
 
   private arm(ms: number): void {
-    if (this.timer) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.pump();

@@ -1,7 +1,7 @@
 import { EnginePool } from '../engine/workerPool.js';
 import type { EngineKind } from '../engine/engine.js';
 import type { Manifest } from '../model/manifest.js';
-import { listModels, resolveModel } from '../model/repository.js';
+import { listModels, resolveModel, type ModelEntry } from '../model/repository.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { Batcher } from './batcher.js';
@@ -26,7 +26,7 @@ export interface RegistryOptions {
   maxLoadedModels: number;
 }
 
-export class ModelNotFoundError extends Error {}
+export { InvalidModelRefError, ModelNotFoundError } from '../model/repository.js';
 export class TooManyModelsError extends Error {}
 
 const key = (m: Manifest) => `${m.name}@${m.version}`;
@@ -63,12 +63,9 @@ export class ModelRegistry {
   /** Empty name: the default model. Empty version: the newest version of that name. */
   async get(name: string, version: string): Promise<LoadedModel> {
     if (!name && !version) return this.loaded.get(this.defaultKey)!;
-    let entry;
-    try {
-      entry = await resolveModel(this.opts.root, name || this.defaultKey.split('@')[0], version || undefined);
-    } catch (err) {
-      throw new ModelNotFoundError((err as Error).message);
-    }
+    const exact = name && version ? this.loaded.get(`${name}@${version}`) : undefined;
+    if (exact) return exact;
+    const entry: ModelEntry = await resolveModel(this.opts.root, name || this.defaultKey.split('@')[0], version || undefined);
     const k = key(entry.manifest);
     const have = this.loaded.get(k);
     if (have) return have;

@@ -1,14 +1,12 @@
 import { TileStatus, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
 import { decodeImage, encodeMaskPng, resizeLabels, resizeRgb, InvalidImageError, type RgbImage } from '../preprocess/decode.js';
-import { normalizeStain, StainEstimator } from '../preprocess/macenko.js';
 import { tissueMask } from '../preprocess/tissue.js';
-import { Blender, extractWindow, planWindows, writeModelInput } from '../preprocess/tiling.js';
+import { Blender, extractWindow, planWindows, WINDOW_OVERLAP, writeModelInput } from '../preprocess/tiling.js';
 import type { LoadedModel } from './modelRegistry.js';
+import type { SlideStain } from './slideStain.js';
 
 /** Relative mpp difference below which a tile is taken at the model's scale as it is. */
 const MPP_TOLERANCE = 0.02;
-/** Overlap of neighbouring 128x128 windows in a larger tile, in pixels; blending hides the seams. */
-export const WINDOW_OVERLAP = 32;
 
 export interface TileLimits {
   maxPixels: number;
@@ -20,7 +18,7 @@ export interface StreamContext {
   readonly minTissueFraction: number;
   readonly omitMask: boolean;
   /** Undefined when stain normalisation is off or the model has no reference. */
-  readonly stain?: StainEstimator;
+  readonly stain?: SlideStain;
   readonly signal: AbortSignal;
 }
 
@@ -132,11 +130,7 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
   }
 
   let rgb = work.data;
-  if (ctx.stain && manifest.stainReference) {
-    ctx.stain.add(rgb, pixels, tissue);
-    const source = ctx.stain.params();
-    if (source) rgb = normalizeStain(rgb, pixels, source, manifest.stainReference);
-  }
+  if (ctx.stain) rgb = ctx.stain.normalize(rgb, pixels, tissue);
   const normalized: RgbImage = { data: rgb, width: work.width, height: work.height };
 
   const windows = planWindows(work.width, work.height, size, WINDOW_OVERLAP);

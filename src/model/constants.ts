@@ -17,3 +17,12 @@ export const MODEL_MPP = 7.5;
 /** ImageNet statistics of the torchvision encoder's input normalisation. */
 export const IMAGENET_MEAN = [0.485, 0.456, 0.406] as const;
 export const IMAGENET_STD = [0.229, 0.224, 0.225] as const;
+/** Batch-norm momentum in Keras terms (moving = m * moving + (1 - m) * batch): PyTorch's default momentum 0.1. */
+export const BN_MOMENTUM = 0.9;
+/** BACH classes, label = index, with the paper's display colours (paper.md "Task"). */
+export const BACH_CLASSES = [
+  { name: 'normal', color: '#ffffff' },
+  { name: 'benign', color: '#ff0000' },
+  { name: 'in situ', color: '#00ff00' },
+  { name: 'invasive', color: '#0000ff' },
+] as const;

@@ -1,8 +1,8 @@
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { BatcherStoppedError } from '../inference/batcher.js';
-import { ModelNotFoundError, TooManyModelsError, type ModelRegistry } from '../inference/modelRegistry.js';
+import { InvalidModelRefError, ModelNotFoundError, TooManyModelsError, type ModelRegistry } from '../inference/modelRegistry.js';
 import { invalid, processTile, TooManyPixelsError, type StreamContext } from '../inference/tileProcessor.js';
-import { StainEstimator } from '../preprocess/macenko.js';
+import { SlideStain } from '../inference/slideStain.js';
 import { TileStatus, type SegmentTilesOptions, type SegmentTilesRequest, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
@@ -45,6 +45,7 @@ async function streamContext(options: SegmentTilesOptions | undefined, deps: Han
     model = await deps.registry.get(o?.modelName ?? '', o?.modelVersion ?? '');
   } catch (err) {
     if (err instanceof ModelNotFoundError) throw notFound(err.message);
+    if (err instanceof InvalidModelRefError) throw invalidArgument(err.message);
     if (err instanceof TooManyModelsError) throw resourceExhausted(err.message);
     throw err;
   }
@@ -53,7 +54,7 @@ async function streamContext(options: SegmentTilesOptions | undefined, deps: Han
     model,
     minTissueFraction: min ?? deps.config.minTissueFraction,
     omitMask: o?.omitMask ?? false,
-    stain: stainOn ? new StainEstimator() : undefined,
+    stain: stainOn && model.manifest.stainReference ? new SlideStain(model.manifest.stainReference) : undefined,
     signal,
   };
 }

@@ -1,0 +1,63 @@
+import * as ort from 'onnxruntime-node';
+import { INPUT_SIZE } from '../model/constants.js';
+import { ONNX_INPUT, ONNX_OUTPUTS } from '../model/onnxInterface.js';
+import type { Engine, EngineInput, EngineOutput } from './engine.js';
+import { assertEngineInput, ownedArray } from './engineInput.js';
+
+export interface OnnxEngineOptions {
+  /** Threads inside one operator; match the cores this engine really has (engine-notes.md). */
+  readonly intraOpNumThreads: number;
+  readonly interOpNumThreads?: number;
+}
+
+/** onnxruntime-node CPU engine. run() blocks its thread for the whole batch: use it inside a worker thread. */
+export class OnnxEngine implements Engine {
+  readonly name = 'onnx';
+
+  private constructor(
+    private readonly session: ort.InferenceSession,
+    readonly numClasses: number,
+  ) {}
+
+  /** `model` is a path to model.onnx or its bytes. */
+  static async create(model: string | Uint8Array, numClasses: number, opts: OnnxEngineOptions): Promise<OnnxEngine> {
+    const options: ort.InferenceSession.SessionOptions = {
+      intraOpNumThreads: opts.intraOpNumThreads,
+      interOpNumThreads: opts.interOpNumThreads ?? 1,
+      executionMode: 'sequential',
+      graphOptimizationLevel: 'all',
+    };
+    const session =
+      typeof model === 'string' ? await ort.InferenceSession.create(model, options) : await ort.InferenceSession.create(model, options);
+    const missing = [
+      ...[ONNX_INPUT].filter((n) => !session.inputNames.includes(n)),
+      ...[ONNX_OUTPUTS.mask, ONNX_OUTPUTS.cls].filter((n) => !session.outputNames.includes(n)),
+    ];
+    if (missing.length > 0) {
+      await session.release();
+      throw new Error(`ONNX model lacks ${missing.join(', ')} (has inputs ${session.inputNames}, outputs ${session.outputNames})`);
+    }
+    return new OnnxEngine(session, numClasses);
+  }
+
+  async run(input: EngineInput): Promise<EngineOutput> {
+    assertEngineInput(input);
+    const x = new ort.Tensor('float32', input.data, [input.n, 3, INPUT_SIZE, INPUT_SIZE]);
+    const out = await this.session.run({ [ONNX_INPUT]: x });
+    const mask = out[ONNX_OUTPUTS.mask];
+    const cls = out[ONNX_OUTPUTS.cls];
+    try {
+      const c = this.numClasses;
+      if (mask.data.length !== input.n * c * INPUT_SIZE * INPUT_SIZE || cls.data.length !== input.n * c) {
+        throw new Error(`ONNX outputs have shapes mask ${mask.dims} cls ${cls.dims}, expected ${c} classes`);
+      }
+      return { mask: ownedArray(mask.data as Float32Array), cls: ownedArray(cls.data as Float32Array) };
+    } finally {
+      x.dispose();
+    }
+  }
+
+  async dispose(): Promise<void> {
+    await this.session.release();
+  }
+}

@@ -1,0 +1,147 @@
+import assert from 'node:assert/strict';
+import { EventEmitter, once } from 'node:events';
+import { describe, it } from 'node:test';
+import type { EngineInput } from '../src/engine/engine.js';
+import type { PoolResult } from '../src/engine/workerPool.js';
+import { Batcher, BatcherStoppedError, type BatchRunner } from '../src/inference/batcher.js';
+
+/** A fake engine whose batches finish only when the test says so; it echoes each window's first value. */
+class FakeRunner extends EventEmitter implements BatchRunner {
+  readonly size: number;
+  busy = 0;
+  batches: number[] = [];
+  private waiting: Array<{ input: EngineInput; resolve: (r: PoolResult) => void }> = [];
+  constructor(size = 1) {
+    super();
+    this.size = size;
+  }
+  idleCount(): number {
+    return this.size - this.busy;
+  }
+  run(input: EngineInput): Promise<PoolResult> {
+    this.busy++;
+    this.batches.push(input.n);
+    const p = new Promise<PoolResult>((resolve) => this.waiting.push({ input, resolve }));
+    this.emit('started');
+    return p;
+  }
+  /** Completes the oldest running batch. */
+  finish(): void {
+    const w = this.waiting.shift()!;
+    const n = w.input.n;
+    const mask = new Float32Array(n * 2);
+    const cls = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      const v = w.input.data[i * 3];
+      mask[2 * i] = v;
+      mask[2 * i + 1] = v;
+      cls[i] = v;
+    }
+    this.busy--;
+    w.resolve({ mask, cls, seconds: 0.001 });
+    this.emit('idle');
+  }
+}
+
+const opts = { maxBatch: 4, maxDelayMs: 1e6, queueCapacity: 8, inputLength: 3, maskLength: 2, numClasses: 1 };
+const win = (v: number) => new Float32Array([v, 0, 0]);
+
+describe('Batcher', () => {
+  it('closes a batch when it is full and routes each result to its window', async () => {
+    const runner = new FakeRunner();
+    const b = new Batcher(runner, opts);
+    const started = once(runner, 'started');
+    const results = [1, 2, 3, 4].map((v) => b.enqueue(win(v)));
+    await started;
+    assert.deepEqual(runner.batches, [4]);
+    runner.finish();
+    const out = await Promise.all(results);
+    assert.deepEqual(out.map((r) => r.cls[0]), [1, 2, 3, 4]);
+    assert.deepEqual(Array.from(out[2].mask), [3, 3]);
+  });
+
+  it('flushes a partial batch after maxDelayMs', async () => {
+    const runner = new FakeRunner();
+    const b = new Batcher(runner, { ...opts, maxDelayMs: 5 });
+    const started = once(runner, 'started');
+    const r = b.enqueue(win(7));
+    await started;
+    assert.deepEqual(runner.batches, [1]);
+    runner.finish();
+    assert.equal((await r).cls[0], 7);
+  });
+
+  it('forms the next batch while the engine is busy, and runs it when a worker is idle', async () => {
+    const runner = new FakeRunner();
+    const b = new Batcher(runner, { ...opts, maxDelayMs: 0 });
+    const first = b.enqueue(win(1));
+    const rest = [2, 3, 4, 5, 6].map((v) => b.enqueue(win(v)));
+    assert.deepEqual(runner.batches, [1]);
+    assert.equal(b.depth, 5);
+    const next = once(runner, 'started');
+    runner.finish();
+    await first;
+    await next;
+    assert.deepEqual(runner.batches, [1, 4]);
+    const last = once(runner, 'started');
+    runner.finish();
+    await last;
+    assert.deepEqual(runner.batches, [1, 4, 1]);
+    runner.finish();
+    assert.deepEqual((await Promise.all(rest)).map((r) => r.cls[0]), [2, 3, 4, 5, 6]);
+  });
+
+  it('reports no capacity when the queue is full and resolves waiters when it drains', async () => {
+    const runner = new FakeRunner();
+    runner.busy = 1; // engine occupied: nothing dispatches
+    const b = new Batcher(runner, { ...opts, queueCapacity: 2, maxDelayMs: 0 });
+    const a = b.enqueue(win(1));
+    const c = b.enqueue(win(2));
+    assert.equal(b.hasCapacity(), false);
+    let resolved = false;
+    const waiting = b.waitForCapacity().then(() => (resolved = true));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(resolved, false);
+    runner.busy = 0;
+    runner.emit('idle');
+    await waiting;
+    assert.equal(resolved, true);
+    runner.finish();
+    await Promise.all([a, c]);
+  });
+
+  it('drops the windows of a cancelled stream from the queue', async () => {
+    const runner = new FakeRunner();
+    runner.busy = 1;
+    const b = new Batcher(runner, { ...opts, maxDelayMs: 0 });
+    const ac = new AbortController();
+    const keep = b.enqueue(win(1));
+    const gone = [b.enqueue(win(2), ac.signal), b.enqueue(win(3), ac.signal)];
+    assert.equal(b.depth, 3);
+    ac.abort(new Error('cancelled'));
+    for (const g of gone) await assert.rejects(g, /cancelled/);
+    assert.equal(b.depth, 1);
+    const started = once(runner, 'started');
+    runner.busy = 0;
+    runner.emit('idle');
+    await started;
+    assert.deepEqual(runner.batches, [1]);
+    runner.finish();
+    assert.equal((await keep).cls[0], 1);
+  });
+
+  it('refuses a window of the wrong size', async () => {
+    const b = new Batcher(new FakeRunner(), opts);
+    await assert.rejects(b.enqueue(new Float32Array(5)), /expected 3/);
+  });
+
+  it('stop() runs what is queued, then refuses new work', async () => {
+    const runner = new FakeRunner();
+    const b = new Batcher(runner, opts);
+    runner.on('started', () => queueMicrotask(() => runner.finish()));
+    const r = b.enqueue(win(9));
+    await b.stop();
+    assert.equal((await r).cls[0], 9);
+    await assert.rejects(b.enqueue(win(1)), BatcherStoppedError);
+  });
+});
