@@ -24,13 +24,16 @@ interface Slot {
   pending?: { id: number; resolve: (r: PoolResult) => void; reject: (e: Error) => void };
 }
 
-/** Running from TypeScript source (tsx), workers need the same loader; compiled JS needs nothing. */
-function workerSpec(): { url: URL; execArgv?: string[] } {
-  const fromSource = import.meta.url.endsWith('.ts');
-  const url = new URL(fromSource ? './engineWorker.ts' : './engineWorker.js', import.meta.url);
-  if (!fromSource) return { url };
-  const hasLoader = process.execArgv.some((a) => a.includes('tsx'));
-  return { url, execArgv: hasLoader ? process.execArgv : [...process.execArgv, '--import', import.meta.resolve('tsx')] };
+/**
+ * Compiled JS runs the worker file directly. From TypeScript source (tsx), the worker first registers tsx's
+ * loader itself: Node 20 does not hand the parent's module hooks to worker threads.
+ */
+function startWorker(workerData: WorkerInit): Worker {
+  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./engineWorker.js', import.meta.url), { workerData });
+  const api = import.meta.resolve('tsx/esm/api');
+  const entry = new URL('./engineWorker.ts', import.meta.url).href;
+  const boot = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); })`;
+  return new Worker(boot, { eval: true, workerData });
 }
 
 /**
@@ -50,14 +53,13 @@ export class EnginePool extends EventEmitter {
   }
 
   static async create(opts: PoolOptions): Promise<EnginePool> {
-    const spec = workerSpec();
     const perWorker = Math.max(1, Math.floor(opts.threads / opts.workers));
     const slots: Slot[] = [];
     const names: string[] = [];
     try {
       for (let i = 0; i < opts.workers; i++) {
         const init: WorkerInit = { kind: opts.kind, modelDir: opts.modelDir, manifest: opts.manifest, threads: perWorker };
-        const worker = new Worker(spec.url, { workerData: init, execArgv: spec.execArgv });
+        const worker = startWorker(init);
         slots.push({ worker, busy: false });
         const [msg] = (await Promise.race([once(worker, 'message'), once(worker, 'error').then(([e]) => [{ type: 'failed', message: (e as Error).message }])])) as [WorkerReply];
         if (msg.type !== 'ready') throw new Error(`engine ${opts.kind} failed to start: ${msg.type === 'failed' ? msg.message : msg.type}`);

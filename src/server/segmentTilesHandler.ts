@@ -93,7 +93,8 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
 
     let ctx: StreamContext | undefined;
     let first = true;
-    for await (const req of call as AsyncIterable<SegmentTilesRequest>) {
+    // destroyOnReturn: false, or the iterator destroys the call when the client half-closes, before the answers are out.
+    for await (const req of call.iterator({ destroyOnReturn: false }) as AsyncIterable<SegmentTilesRequest>) {
       if (ended) break;
       if (req.options) {
         if (!first) throw invalidArgument('options may only come in the first message of a stream');
