@@ -26,6 +26,8 @@ export class OnnxEngine implements Engine {
       interOpNumThreads: opts.interOpNumThreads ?? 1,
       executionMode: 'sequential',
       graphOptimizationLevel: 'all',
+      // Idle pool threads must not spin: on a small machine they would take the cores that decode the next tiles.
+      extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
     };
     const session =
       typeof model === 'string' ? await ort.InferenceSession.create(model, options) : await ort.InferenceSession.create(model, options);

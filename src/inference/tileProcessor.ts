@@ -46,6 +46,23 @@ function softmaxInto(logits: Float32Array, out: Float64Array, weight: number): v
   for (let i = 0; i < logits.length; i++) out[i] += (weight * e[i]) / sum;
 }
 
+/** Per-pixel argmax over C planes of `plane` logits each (NCHW of one item). */
+function argmaxPlanes(logits: Float32Array, C: number, plane: number): Uint8Array {
+  const out = new Uint8Array(plane);
+  const best = logits.slice(0, plane);
+  for (let c = 1; c < C; c++) {
+    const off = c * plane;
+    for (let i = 0; i < plane; i++) {
+      const v = logits[off + i];
+      if (v > best[i]) {
+        best[i] = v;
+        out[i] = c;
+      }
+    }
+  }
+  return out;
+}
+
 function fractionsOf(labels: Uint8Array, C: number): number[] {
   const counts = new Float64Array(C);
   for (let i = 0; i < labels.length; i++) counts[labels[i]]++;
@@ -142,17 +159,23 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
     }),
   );
 
-  const blender = new Blender(work.width, work.height, C, size);
   const probs = new Float64Array(C);
   let queueSeconds = 0;
   let computeSeconds = 0;
   for (let i = 0; i < windows.length; i++) {
-    blender.add(windows[i], results[i].mask, 0);
     softmaxInto(results[i].cls, probs, 1 / windows.length);
     queueSeconds = Math.max(queueSeconds, results[i].queueSeconds);
     computeSeconds = Math.max(computeSeconds, results[i].computeSeconds);
   }
-  let labels = blender.labels();
+  let labels: Uint8Array;
+  if (windows.length === 1 && work.width === size && work.height === size) {
+    // The common case, a tile of exactly one window: blending would only cost time.
+    labels = argmaxPlanes(results[0].mask, C, size * size);
+  } else {
+    const blender = new Blender(work.width, work.height, C, size);
+    for (let i = 0; i < windows.length; i++) blender.add(windows[i], results[i].mask, 0);
+    labels = blender.labels();
+  }
   if (work.width !== width || work.height !== height) labels = await resizeLabels(labels, work.width, work.height, width, height);
 
   let predicted = 0;

@@ -1,3 +1,4 @@
+import { encode as encodePng } from 'fast-png';
 import sharp, { type Metadata } from 'sharp';
 
 /** An 8-bit RGB image, channels interleaved (RGBRGB...), rows top to bottom. */
@@ -26,12 +27,20 @@ function errMessage(err: unknown): string {
  * greyscale and CMYK converted to sRGB, EXIF orientation applied so the mask lines up with what a viewer shows.
  * Throws only InvalidImageError for bad input.
  */
-export async function decodeImage(bytes: Uint8Array, limits: { maxPixels: number }): Promise<RgbImage> {
-  if (bytes.length === 0) throw new InvalidImageError('not an image: empty input');
-  const maxPixels = Math.floor(limits.maxPixels);
-  if (!(maxPixels > 0)) throw new RangeError(`maxPixels must be a positive number, got ${limits.maxPixels}`);
+/** Accepted formats by their magic bytes, so the common case needs one sharp pipeline rather than two. */
+function sniffFormat(b: Uint8Array): (typeof ACCEPTED_FORMATS)[number] | undefined {
+  if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return 'png';
+  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
+  if (b.length >= 4 && ((b[0] === 0x49 && b[1] === 0x49 && b[2] === 0x2a && b[3] === 0) || (b[0] === 0x4d && b[1] === 0x4d && b[2] === 0 && b[3] === 0x2a))) return 'tiff';
+  if (b.length >= 12 && b[0] === 0x52 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x46 && b[8] === 0x57 && b[9] === 0x45 && b[10] === 0x42 && b[11] === 0x50) return 'webp';
+  return undefined;
+}
 
-  // The header is read without the pixel limit so the message can name the size; no pixels are decoded here.
+/**
+ * Reads the header (no pixels) to say why bytes were refused: not an image, an unsupported format, or too many
+ * pixels. Returns normally only when the header is acceptable.
+ */
+async function checkHeader(bytes: Uint8Array, maxPixels: number): Promise<string> {
   let meta: Metadata;
   try {
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
@@ -52,7 +61,21 @@ export async function decodeImage(bytes: Uint8Array, limits: { maxPixels: number
       `image is ${width}x${height} = ${pixels.toPrecision(2).replace('e+', 'e')} pixels, over the limit of ${maxPixels}`,
     );
   }
+  return format;
+}
 
+/**
+ * Decodes PNG, JPEG, TIFF (first page) or WebP bytes to 8-bit RGB: alpha flattened onto white (glass),
+ * greyscale and CMYK converted to sRGB, EXIF orientation applied so the mask lines up with what a viewer shows.
+ * Throws only InvalidImageError for bad input. Decompression bombs stop at sharp's limitInputPixels, which reads
+ * the header before any pixel.
+ */
+export async function decodeImage(bytes: Uint8Array, limits: { maxPixels: number }): Promise<RgbImage> {
+  if (bytes.length === 0) throw new InvalidImageError('not an image: empty input');
+  const maxPixels = Math.floor(limits.maxPixels);
+  if (!(maxPixels > 0)) throw new RangeError(`maxPixels must be a positive number, got ${limits.maxPixels}`);
+
+  const format = sniffFormat(bytes) ?? (await checkHeader(bytes, maxPixels));
   try {
     const { data, info } = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' })
       .autoOrient()
@@ -63,6 +86,8 @@ export async function decodeImage(bytes: Uint8Array, limits: { maxPixels: number
     if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels, expected 3`);
     return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height };
   } catch (err) {
+    // Over the pixel limit, or a header that lies about its format: let the header say which.
+    await checkHeader(bytes, maxPixels);
     throw new InvalidImageError(`truncated or corrupt ${format.toUpperCase()}: ${errMessage(err)}`);
   }
 }
@@ -125,8 +150,7 @@ export async function encodeMaskPng(labels: Uint8Array, width: number, height: n
   if (labels.length !== width * height) {
     throw new RangeError(`label buffer has ${labels.length} bytes, expected ${width}x${height}`);
   }
-  return sharp(labels, { raw: { width, height, channels: 1 } })
-    .toColourspace('b-w')
-    .png({ compressionLevel: 6, adaptiveFiltering: false })
-    .toBuffer();
+  // fast-png, not sharp: every answer carries a mask, and sharp's per-call setup costs twice the whole encode here.
+  const png = encodePng({ width, height, data: labels, channels: 1, depth: 8 });
+  return Buffer.from(png.buffer, png.byteOffset, png.byteLength);
 }

@@ -1,0 +1,331 @@
+/**
+ * `npm run bench`: serving throughput and latency, measured in one run beside the machine's compute limit and the
+ * PyTorch reference, written to bench/results/serving.{json,md}. Benchmarks are not tests: nothing here asserts.
+ */
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { Command } from 'commander';
+import sharp from 'sharp';
+import { connect, segmentTiles } from '../src/client/segmentationClient.js';
+import { OnnxEngine } from '../src/engine/onnxEngine.js';
+import { TfjsEngine } from '../src/engine/tfjsEngine.js';
+import { INPUT_SIZE } from '../src/model/constants.js';
+import { resolveModel } from '../src/model/repository.js';
+import type { Tile } from '../src/proto/gen/histoseg/v1/segmentation.js';
+import { tissueFraction } from '../src/preprocess/tissue.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const SVS = fileURLToPath(new URL('../../shared/data/slides/CMU-1-Small-Region.svs', import.meta.url));
+const TORCH_REF = fileURLToPath(new URL('../../shared/tools/torch-reference', import.meta.url));
+const OUT_DIR = join(ROOT, 'bench', 'results');
+
+const opts = new Command()
+  .option('--seconds <s>', 'length of each timed run', '6')
+  .option('--batches <list>', 'model-only batch sizes', '1,8,16,32')
+  .option('--streams <list>', 'end-to-end concurrent streams', '1,8,32')
+  .option('--no-torch', 'skip the PyTorch reference')
+  .option('--no-wasm', 'skip the TF.js wasm engine')
+  .parse()
+  .opts<{ seconds: string; batches: string; streams: string; torch: boolean; wasm: boolean }>();
+const SECONDS = Number(opts.seconds);
+
+function log(msg: string): void {
+  process.stderr.write(`[bench] ${msg}\n`);
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+/** Runs fn repeatedly for about `seconds` after warm-up; returns per-call times in seconds. */
+async function timeLoop(fn: () => Promise<unknown>, seconds: number, warm = 3): Promise<number[]> {
+  for (let i = 0; i < warm; i++) await fn();
+  const times: number[] = [];
+  const end = performance.now() + seconds * 1000;
+  while (performance.now() < end || times.length < 5) {
+    const t0 = performance.now();
+    await fn();
+    times.push((performance.now() - t0) / 1000);
+  }
+  return times;
+}
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+// ---- inputs: real tissue tiles from the CMU slide, and glass tiles ----
+async function realTiles(): Promise<{ tissue: Tile[]; background: Tile[] }> {
+  // 2 um/px: the slide is 555x742; keep 128x128 crops that are mostly tissue.
+  const W = 555, H = 742;
+  const { data } = await sharp(SVS).resize(W, H, { kernel: 'linear' }).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  const tissue: Tile[] = [];
+  for (let y = 0; y + INPUT_SIZE <= H; y += 48) {
+    for (let x = 0; x + INPUT_SIZE <= W; x += 48) {
+      const crop = new Uint8Array(INPUT_SIZE * INPUT_SIZE * 3);
+      for (let r = 0; r < INPUT_SIZE; r++) crop.set(data.subarray(((y + r) * W + x) * 3, ((y + r) * W + x + INPUT_SIZE) * 3), r * INPUT_SIZE * 3);
+      if (tissueFraction(crop, INPUT_SIZE, INPUT_SIZE) < 0.5) continue;
+      const image = await sharp(crop, { raw: { width: INPUT_SIZE, height: INPUT_SIZE, channels: 3 } }).png().toBuffer();
+      tissue.push({ tileId: `t${tissue.length}`, image, mpp: 0, x, y });
+    }
+  }
+  const background: Tile[] = [];
+  for (let i = 0; i < 8; i++) {
+    const noise = Buffer.alloc(INPUT_SIZE * INPUT_SIZE * 3);
+    for (let j = 0; j < noise.length; j++) noise[j] = 236 + ((j * 7919 + i * 104729) % 13);
+    const image = await sharp(noise, { raw: { width: INPUT_SIZE, height: INPUT_SIZE, channels: 3 } }).png().toBuffer();
+    background.push({ tileId: `b${i}`, image, mpp: 0, x: 0, y: 0 });
+  }
+  return { tissue, background };
+}
+
+// ---- the compute limit ----
+function computeLimit(): { gflops: number; threads: number } | { error: string } {
+  const bin = join(mkdtempSync(join(tmpdir(), 'histoseg-peak-')), 'peak');
+  try {
+    execFileSync('gcc', ['-O3', '-march=native', '-pthread', join(ROOT, 'bench', 'peakFlops.c'), '-o', bin]);
+    const runs = [0, 1, 2].map(() => JSON.parse(execFileSync(bin, [String(cpus().length), '200000000']).toString()) as { gflops: number });
+    return { gflops: Math.max(...runs.map((r) => r.gflops)), threads: cpus().length };
+  } catch (err) {
+    return { error: (err as Error).message.split('\n')[0] };
+  }
+}
+
+/** Multiply-adds of one 128x128 tile: every conv of Appendix A as [output side, Cout, kh*kw*Cin] (same rule as count_macs). */
+function modelMacs(C: number): number {
+  const convs: [number, number, number][] = [
+    [64, 64, 7 * 7 * 3], // conv1, stride 2
+    ...Array<[number, number, number]>(4).fill([32, 64, 9 * 64]), // layer1
+    [16, 128, 9 * 64], [16, 128, 9 * 128], [16, 128, 64], [16, 128, 9 * 128], [16, 128, 9 * 128], // layer2 (+ downsample)
+    [8, 256, 9 * 128], [8, 256, 9 * 256], [8, 256, 128], [8, 256, 9 * 256], [8, 256, 9 * 256], // layer3 (+ downsample)
+    [8, 64, 9 * 256], [16, C, 64], // decoder
+    [1, 8, C], [1, C, 8], // classifier
+  ];
+  return convs.reduce((s, [side, cout, k]) => s + side * side * cout * k, 0);
+}
+
+// ---- load from other processes, as the torch reference's loadmon measures it ----
+const HZ = 100;
+function cpuSnap(pids: number[]): { t: number; busy: number; own: number } {
+  const v = readFileSync('/proc/stat', 'utf8').split('\n')[0].split(/\s+/).slice(1).map(Number);
+  const busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+  let own = 0;
+  for (const pid of pids) {
+    try {
+      const s = readFileSync(`/proc/${pid}/stat`, 'utf8').split(')').pop()!.trim().split(/\s+/);
+      own += Number(s[11]) + Number(s[12]);
+    } catch {
+      /* gone */
+    }
+  }
+  return { t: performance.now() / 1000, busy, own };
+}
+/** Cores used by processes other than ours between two snapshots. */
+const foreign = (a: ReturnType<typeof cpuSnap>, b: ReturnType<typeof cpuSnap>) =>
+  Math.max(0, (b.busy - a.busy - (b.own - a.own)) / HZ / (b.t - a.t));
+
+// ---- model only ----
+async function modelOnly(onnxPath: string, C: number, batches: number[], pids: number[]) {
+  const engine = await OnnxEngine.create(onnxPath, C, { intraOpNumThreads: cpus().length });
+  const rows = [];
+  for (const n of batches) {
+    const data = new Float32Array(n * 3 * INPUT_SIZE * INPUT_SIZE).map(() => Math.random() * 2 - 1);
+    const a = cpuSnap(pids);
+    const times = await timeLoop(() => engine.run({ data, n }), SECONDS / 2);
+    const f = foreign(a, cpuSnap(pids));
+    rows.push({ engine: 'onnx', batch: n, tiles_per_s: n / median(times), runs: times.length, foreign_cores: f });
+    log(`model-only onnx batch ${n}: ${(n / median(times)).toFixed(1)} tiles/s (foreign load ${f.toFixed(2)} cores)`);
+  }
+  await engine.dispose();
+  return rows;
+}
+
+async function wasmOnly(tfjsDir: string, C: number, n: number, pids: number[]) {
+  const engine = await TfjsEngine.create(tfjsDir, C);
+  const data = new Float32Array(n * 3 * INPUT_SIZE * INPUT_SIZE).map(() => Math.random() * 2 - 1);
+  const a = cpuSnap(pids);
+  const times = await timeLoop(() => engine.run({ data, n }), SECONDS / 2, 1);
+  const f = foreign(a, cpuSnap(pids));
+  await engine.dispose();
+  log(`model-only ${engine.name} batch ${n}: ${(n / median(times)).toFixed(1)} tiles/s`);
+  return { engine: engine.name, batch: n, tiles_per_s: n / median(times), runs: times.length, foreign_cores: f };
+}
+
+function torchReference(): { variant: string; batch: number; tiles_per_s: number }[] | { error: string } {
+  const py = '/usr/bin/python3';
+  if (!existsSync(TORCH_REF)) return { error: `${TORCH_REF} missing` };
+  if (spawnSync(py, ['-c', 'import torch, torchvision'], { stdio: 'ignore' }).status !== 0) {
+    return { error: 'PyTorch not installed (apt-get install python3-torch python3-torchvision; see ../shared/tools/torch-reference/README.md)' };
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'histoseg-torch-'));
+  cpSync(TORCH_REF, dir, { recursive: true });
+  const r = spawnSync(py, ['bench_torch.py', '--tag', 'bench', '--variants', 'eager,jit_opt4inf', '--batches', '1,8,16', '--min-time', String(SECONDS / 2)], {
+    cwd: dir,
+    encoding: 'utf8',
+    timeout: 600_000,
+  });
+  if (r.status !== 0) return { error: `bench_torch.py failed: ${(r.stderr || r.stdout).slice(-300)}` };
+  const res = JSON.parse(readFileSync(join(dir, 'results', 'torch_bench.json'), 'utf8')) as { results: { variant: string; batch: number; tiles_per_s_median: number }[] };
+  return res.results.map((x) => ({ variant: x.variant, batch: x.batch, tiles_per_s: x.tiles_per_s_median }));
+}
+
+// ---- end to end through gRPC, against the real server in a child process ----
+async function startServerProcess(): Promise<{ child: ChildProcess; port: number }> {
+  const child = spawn(process.execPath, [join(ROOT, 'bin', 'histoseg.js'), 'serve', '--port', '0', '--metrics-port', '0', '--log-level', 'info'], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HISTOSEG_'))),
+  });
+  const lines = createInterface({ input: child.stdout! });
+  for await (const line of lines) {
+    const rec = JSON.parse(line) as { msg?: string; port?: number };
+    if (rec.msg === 'serving') {
+      lines.removeAllListeners('line');
+      child.stdout!.resume();
+      return { child, port: rec.port! };
+    }
+  }
+  throw new Error('server exited before serving');
+}
+
+function peakRss(pid: number): { peak_mib: number; now_mib: number } {
+  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(s)![1]);
+  return { peak_mib: kb('VmHWM') / 1024, now_mib: kb('VmRSS') / 1024 };
+}
+
+async function endToEnd(address: string, tiles: Tile[], streams: number, seconds: number, pids: number[]) {
+  const clients = Array.from({ length: streams }, () => connect(address));
+  const latencies: number[] = [];
+  let answered = 0;
+  const statuses = new Map<number, number>();
+  const start = performance.now();
+  const stopAt = start + seconds * 1000;
+  const a = cpuSnap(pids);
+  await Promise.all(
+    clients.map(async (c, s) => {
+      const sent = new Map<string, number>();
+      let i = s * 7;
+      function* gen(): Generator<Tile> {
+        while (performance.now() < stopAt) {
+          const t = tiles[i++ % tiles.length];
+          const id = `${s}-${i}`;
+          sent.set(id, performance.now());
+          yield { ...t, tileId: id };
+        }
+      }
+      for await (const r of segmentTiles(c, gen(), { omitMask: false })) {
+        latencies.push((performance.now() - sent.get(r.tileId)!) / 1000);
+        sent.delete(r.tileId);
+        statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
+        answered++;
+      }
+    }),
+  );
+  const elapsed = (performance.now() - start) / 1000;
+  const f = foreign(a, cpuSnap(pids));
+  clients.forEach((c) => c.close());
+  latencies.sort((x, y) => x - y);
+  return {
+    streams,
+    tiles: answered,
+    seconds: elapsed,
+    tiles_per_s: answered / elapsed,
+    p50_ms: percentile(latencies, 50) * 1000,
+    p99_ms: percentile(latencies, 99) * 1000,
+    statuses: Object.fromEntries(statuses),
+    foreign_cores: f,
+  };
+}
+
+// ---- main ----
+const started = new Date();
+log(`machine: ${cpus().length} x ${cpus()[0]?.model}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+const entry = await resolveModel(join(ROOT, 'models'));
+const C = entry.manifest.classes.length;
+const macs = modelMacs(C);
+const limit = computeLimit();
+const limitTilesPerS = 'gflops' in limit ? (limit.gflops * 1e9) / (2 * macs) : NaN;
+log('gflops' in limit ? `compute limit: ${limit.gflops.toFixed(1)} GFLOP/s = ${limitTilesPerS.toFixed(0)} tiles/s at ${(2 * macs / 1e9).toFixed(3)} GFLOP/tile` : `compute limit unavailable: ${limit.error}`);
+
+const { tissue, background } = existsSync(SVS) ? await realTiles() : { tissue: [], background: [] };
+if (tissue.length === 0) throw new Error(`no tissue tiles: ${SVS} is needed`);
+log(`${tissue.length} real tissue tiles, ${background.length} glass tiles`);
+
+const self = [process.pid];
+const model = await modelOnly(join(entry.dir, entry.manifest.files.onnx), C, opts.batches.split(',').map(Number), self);
+const wasm = opts.wasm ? await wasmOnly(join(entry.dir, entry.manifest.files.tfjs), C, 8, self) : undefined;
+const torch = opts.torch ? torchReference() : { error: 'skipped (--no-torch)' };
+if (Array.isArray(torch)) for (const t of torch) log(`torch ${t.variant} batch ${t.batch}: ${t.tiles_per_s.toFixed(1)} tiles/s`);
+
+const { child, port } = await startServerProcess();
+const pids = [process.pid, child.pid!];
+const address = `127.0.0.1:${port}`;
+const e2e = [];
+let background_run;
+let rss = { peak_mib: NaN, now_mib: NaN };
+try {
+  await endToEnd(address, tissue, 2, 1.5, pids); // warm-up
+  for (const s of opts.streams.split(',').map(Number)) {
+    const r = await endToEnd(address, tissue, s, SECONDS, pids);
+    e2e.push({ ...r, rss: peakRss(child.pid!) });
+    log(`end-to-end ${s} streams: ${r.tiles_per_s.toFixed(1)} tiles/s, p50 ${r.p50_ms.toFixed(1)} ms, p99 ${r.p99_ms.toFixed(1)} ms (foreign ${r.foreign_cores.toFixed(2)})`);
+  }
+  background_run = await endToEnd(address, background, 8, SECONDS / 2, pids);
+  log(`background 8 streams: ${background_run.tiles_per_s.toFixed(0)} tiles/s`);
+} finally {
+  rss = peakRss(child.pid!);
+  child.kill('SIGTERM');
+  await once(child, 'exit');
+}
+
+const best = Math.max(...model.map((m) => m.tiles_per_s));
+const at = (b: number) => model.find((m) => m.batch === b)?.tiles_per_s ?? NaN;
+const e8 = e2e.find((e) => e.streams === 8);
+const torchBest = Array.isArray(torch) ? Math.max(...torch.map((t) => t.tiles_per_s)) : NaN;
+const result = {
+  date: started.toISOString(),
+  machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version, loadavg_at_start: loadavg() },
+  model: { name: entry.manifest.name, version: entry.manifest.version, classes: C, macs_per_tile: macs, gflop_per_tile: (2 * macs) / 1e9 },
+  compute_limit: { ...limit, tiles_per_s: limitTilesPerS },
+  model_only: model,
+  wasm,
+  torch_reference: torch,
+  end_to_end: e2e,
+  background: background_run,
+  peak_rss_mib: rss.peak_mib,
+  ratios: {
+    model_only_best_vs_limit: best / limitTilesPerS,
+    model_only_best_vs_torch_best: best / torchBest,
+    e2e_8_streams_vs_model_only_best: e8 ? e8.tiles_per_s / best : NaN,
+    e2e_8_streams_vs_model_only_batch16: e8 ? e8.tiles_per_s / at(16) : NaN,
+    wasm_vs_onnx_batch8: wasm ? wasm.tiles_per_s / at(8) : NaN,
+  },
+};
+
+const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : 'n/a');
+const pct = (x: number) => (Number.isFinite(x) ? `${(100 * x).toFixed(0)}%` : 'n/a');
+const md = [
+  `# Serving benchmark`,
+  ``,
+  `${result.date}, ${result.machine.cpus} x ${result.machine.model}, Node ${process.version}, model ${entry.manifest.name}@${entry.manifest.version} (${(2 * macs / 1e9).toFixed(3)} GFLOP/tile). All figures from one run of \`npm run bench\`; "foreign" is the CPU (in cores) other processes used meanwhile.`,
+  ``,
+  `| measure | tiles/s | ratio |`,
+  `|---|---|---|`,
+  `| compute limit (FMA loop, ${'gflops' in limit ? limit.gflops.toFixed(0) : 'n/a'} GFLOP/s) | ${f1(limitTilesPerS)} | 100% |`,
+  ...model.map((m) => `| model-only onnx, batch ${m.batch} | ${f1(m.tiles_per_s)} | ${pct(m.tiles_per_s / limitTilesPerS)} of limit |`),
+  ...(Array.isArray(torch) ? torch.map((t) => `| PyTorch reference ${t.variant}, batch ${t.batch} | ${f1(t.tiles_per_s)} | onnx best = ${f1(best / t.tiles_per_s)}x |`) : [`| PyTorch reference | n/a | ${torch.error} |`]),
+  ...(wasm ? [`| model-only ${wasm.engine}, batch ${wasm.batch} | ${f1(wasm.tiles_per_s)} | ${pct(wasm.tiles_per_s / at(8))} of onnx batch 8 |`] : []),
+  ...e2e.map((e) => `| end-to-end gRPC, ${e.streams} stream(s), p50 ${e.p50_ms.toFixed(1)} ms, p99 ${e.p99_ms.toFixed(1)} ms (foreign ${e.foreign_cores.toFixed(2)}) | ${f1(e.tiles_per_s)} | ${pct(e.tiles_per_s / best)} of model-only best |`),
+  ...(background_run ? [`| background tiles, 8 streams, p50 ${background_run.p50_ms.toFixed(1)} ms | ${f1(background_run.tiles_per_s)} | |`] : []),
+  ``,
+  `Peak RSS of the server over the whole run (incl. 32 streams): ${rss.peak_mib.toFixed(0)} MiB.`,
+  ``,
+].join('\n');
+mkdirSync(OUT_DIR, { recursive: true });
+writeFileSync(join(OUT_DIR, 'serving.json'), JSON.stringify(result, null, 2) + '\n');
+writeFileSync(join(OUT_DIR, 'serving.md'), md);
+process.stdout.write(md);
