@@ -154,3 +154,19 @@ test('encodeMaskPng writes an 8-bit single-channel PNG with one class index per 
   assert.equal(info.channels, 1);
   assert.deepEqual([...data], [...labels]);
 });
+
+test('the JS PNG fast path decodes exactly as sharp does, for RGB, RGBA, grey and grey+alpha', async () => {
+  const w = 37, h = 23;
+  for (const channels of [1, 2, 3, 4] as const) {
+    const raw = Buffer.alloc(w * h * channels);
+    for (let i = 0; i < raw.length; i++) raw[i] = (i * 73 + (i >> 5) * 11) % 256;
+    // sharp itself writes the PNG; sharp (flatten on white, to sRGB) is the reference decode.
+    const png = await sharp(raw, { raw: { width: w, height: h, channels } }).png().toBuffer();
+    const ref = await sharp(png).flatten({ background: '#ffffff' }).toColourspace('srgb').raw().toBuffer();
+    const got = await decodeImage(png, { maxPixels: 1e6 });
+    assert.equal(got.data.length, w * h * 3);
+    let maxDiff = 0;
+    for (let i = 0; i < ref.length; i++) maxDiff = Math.max(maxDiff, Math.abs(ref[i] - got.data[i]));
+    assert.ok(maxDiff <= 1, `channels ${channels}: largest difference ${maxDiff}`);
+  }
+});

@@ -1,4 +1,4 @@
-import { encode as encodePng } from 'fast-png';
+import { decode as decodePng, encode as encodePng } from 'fast-png';
 import sharp, { type Metadata } from 'sharp';
 
 /** An 8-bit RGB image, channels interleaved (RGBRGB...), rows top to bottom. */
@@ -34,6 +34,44 @@ function sniffFormat(b: Uint8Array): (typeof ACCEPTED_FORMATS)[number] | undefin
   if (b.length >= 4 && ((b[0] === 0x49 && b[1] === 0x49 && b[2] === 0x2a && b[3] === 0) || (b[0] === 0x4d && b[1] === 0x4d && b[2] === 0 && b[3] === 0x2a))) return 'tiff';
   if (b.length >= 12 && b[0] === 0x52 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x46 && b[8] === 0x57 && b[9] === 0x45 && b[10] === 0x42 && b[11] === 0x50) return 'webp';
   return undefined;
+}
+
+/**
+ * PNG fast path: plain 8-bit PNGs (the usual lossless tile) decode in JS without sharp's per-call setup, which
+ * costs more than the decode itself at tile sizes. Anything unusual (palette, transparency chunk, 16-bit, ICC
+ * profile, EXIF orientation, a damaged stream) returns undefined and goes through sharp.
+ */
+function decodePlainPng(bytes: Uint8Array, maxPixels: number): RgbImage | undefined {
+  if (bytes.length < 33) return undefined;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const width = view.getUint32(16);
+  const height = view.getUint32(20);
+  if (width * height > maxPixels || Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).includes('eXIf')) return undefined;
+  let png;
+  try {
+    png = decodePng(bytes, { checkCrc: true });
+  } catch {
+    return undefined;
+  }
+  const { channels: ch, data } = png;
+  if (png.depth !== 8 || png.palette || png.transparency || png.iccEmbeddedProfile || ch < 1 || ch > 4 || data.length !== width * height * ch) {
+    return undefined;
+  }
+  if (ch === 3) return { data: data as Uint8Array, width, height };
+  const n = width * height;
+  const out = new Uint8Array(n * 3);
+  const grey = ch <= 2;
+  const alpha = ch === 2 || ch === 4;
+  for (let i = 0; i < n; i++) {
+    const src = i * ch;
+    const a = alpha ? data[src + ch - 1] : 255;
+    for (let c = 0; c < 3; c++) {
+      const v = data[src + (grey ? 0 : c)];
+      // Flatten onto white (glass), as the sharp path does.
+      out[i * 3 + c] = alpha ? Math.round((v * a + 255 * (255 - a)) / 255) : v;
+    }
+  }
+  return { data: out, width, height };
 }
 
 /**
@@ -76,6 +114,8 @@ export async function decodeImage(bytes: Uint8Array, limits: { maxPixels: number
   if (!(maxPixels > 0)) throw new RangeError(`maxPixels must be a positive number, got ${limits.maxPixels}`);
 
   const format = sniffFormat(bytes) ?? (await checkHeader(bytes, maxPixels));
+  const plain = format === 'png' ? decodePlainPng(bytes, maxPixels) : undefined;
+  if (plain) return plain;
   try {
     const { data, info } = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' })
       .autoOrient()
