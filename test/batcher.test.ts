@@ -38,12 +38,12 @@ class FakeRunner extends EventEmitter implements BatchRunner {
       cls[i] = v;
     }
     this.busy--;
-    w.resolve({ mask, cls, seconds: 0.001 });
+    w.resolve({ mask, cls, maskSize: 1, seconds: 0.001 });
     this.emit('idle');
   }
 }
 
-const opts = { maxBatch: 4, maxDelayMs: 1e6, queueCapacity: 8, inputLength: 3, maskLength: 2, numClasses: 1 };
+const opts = { maxBatch: 4, maxDelayMs: 1e6, queueCapacity: 8, inputLength: 3, numClasses: 1 };
 const win = (v: number) => new Float32Array([v, 0, 0]);
 
 describe('Batcher', () => {

@@ -48,7 +48,7 @@ test('ONNX export (BN folded) matches TF.js on a random batch of 2', async (t) =
   const ops = new Set(graph.node!.map((n) => n.opType));
   assert.ok(!ops.has('BatchNormalization'), 'every batch norm is folded');
   assert.deepEqual(graph.input!.map((i) => i.name), ['input']);
-  assert.deepEqual(graph.output!.map((o) => o.name), ['mask', 'cls']);
+  assert.deepEqual(graph.output!.map((o) => o.name), ['mask', 'cls', 'seg16']);
   assert.equal(graph.input![0].type!.tensorType!.shape!.dim![0].dimParam, 'N', 'dynamic batch');
 
   const onnxEngine = await OnnxEngine.create(bytes, C, { intraOpNumThreads: 1 });

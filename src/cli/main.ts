@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { registerServe } from './serveCommand.js';
+import { registerSegment } from '../client/segmentCommand.js';
 import { registerImportWeights } from '../model/importWeightsCommand.js';
 import { registerInitModel } from '../model/initModelCommand.js';
 import { registerSynth } from '../training/synthCommand.js';
@@ -14,6 +15,7 @@ const program = new Command()
   .showHelpAfterError();
 
 registerServe(program);
+registerSegment(program);
 registerSynth(program);
 registerIngest(program);
 registerPrepare(program);

@@ -13,6 +13,7 @@ export function registerServe(program: Command): void {
     .option('--models <dir>', 'model repository folder (HISTOSEG_MODELS, default models)')
     .option('--default-model <name>', 'model served when a stream names none (HISTOSEG_DEFAULT_MODEL)')
     .option('--engine <kind>', 'onnx or tfjs (HISTOSEG_ENGINE, default onnx)')
+    .option('--device <device>', 'onnx engine device: cpu or cuda (HISTOSEG_DEVICE, default cpu)')
     .option('--threads <n>', 'engine threads in all (HISTOSEG_THREADS, default: CPU cores)')
     .option('--workers <n>', 'engine worker threads (HISTOSEG_WORKERS, default 1)')
     .option('--max-batch <n>', 'largest batch (HISTOSEG_MAX_BATCH, default 16)')

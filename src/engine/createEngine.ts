@@ -1,10 +1,13 @@
 import type { Manifest } from '../model/manifest.js';
 import { modelFilePath } from '../model/repository.js';
-import { ENGINE_KINDS, type Engine, type EngineKind } from './engine.js';
+import { ENGINE_KINDS, type Device, type Engine, type EngineKind, type MaskOutput } from './engine.js';
 
 export interface CreateEngineOptions {
   /** Cores this engine may use (onnxruntime intra-op threads; TF.js wasm in Node is single-threaded). */
   readonly threads: number;
+  /** Default 'mask'; serving asks for 'seg16'. */
+  readonly maskOutput?: MaskOutput;
+  readonly device?: Device;
 }
 
 type Factory = (modelDir: string, manifest: Manifest, opts: CreateEngineOptions) => Promise<Engine>;
@@ -13,11 +16,11 @@ type Factory = (modelDir: string, manifest: Manifest, opts: CreateEngineOptions)
 const FACTORIES: Record<EngineKind, Factory> = {
   onnx: async (dir, m, o) => {
     const { OnnxEngine } = await import('./onnxEngine.js');
-    return OnnxEngine.create(modelFilePath(dir, m.files.onnx), m.classes.length, { intraOpNumThreads: o.threads });
+    return OnnxEngine.create(modelFilePath(dir, m.files.onnx), m.classes.length, { intraOpNumThreads: o.threads, maskOutput: o.maskOutput, device: o.device });
   },
-  tfjs: async (dir, m) => {
+  tfjs: async (dir, m, o) => {
     const { TfjsEngine } = await import('./tfjsEngine.js');
-    return TfjsEngine.create(modelFilePath(dir, m.files.tfjs), m.classes.length);
+    return TfjsEngine.create(modelFilePath(dir, m.files.tfjs), m.classes.length, o.maskOutput);
   },
 };
 

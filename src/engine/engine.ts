@@ -9,11 +9,18 @@ export interface EngineInput {
   readonly n: number;
 }
 
-/** Raw logits: mask NCHW [n, C, size, size] and class logits [n, C]. */
+/**
+ * Raw logits: mask NCHW [n, C, maskSize, maskSize] and class logits [n, C]. maskSize is INPUT_SIZE, or SEG16_SIZE
+ * for engines asked for the decoder output before its nearest upsampling (argmax commutes with it).
+ */
 export interface EngineOutput {
   readonly mask: Float32Array;
   readonly cls: Float32Array;
+  readonly maskSize: number;
 }
+
+/** Which mask an engine returns: the paper's full-size mask logits, or the 16x16 decoder output. */
+export type MaskOutput = 'mask' | 'seg16';
 
 export interface Engine {
   /** "onnx", "tfjs/wasm", "tfjs/tensorflow" (tfjs-node), ... */
@@ -24,4 +31,7 @@ export interface Engine {
 }
 
 export const ENGINE_KINDS = ['onnx', 'tfjs'] as const;
+/** Devices for the onnx engine, each mapped to onnxruntime execution providers in onnxEngine.ts. */
+export const DEVICES = ['cpu', 'cuda'] as const;
+export type Device = (typeof DEVICES)[number];
 export type EngineKind = (typeof ENGINE_KINDS)[number];

@@ -1,14 +1,21 @@
 import * as ort from 'onnxruntime-node';
 import { INPUT_SIZE } from '../model/constants.js';
-import { ONNX_INPUT, ONNX_OUTPUTS } from '../model/onnxInterface.js';
-import type { Engine, EngineInput, EngineOutput } from './engine.js';
+import { ONNX_INPUT, ONNX_OUTPUTS, ONNX_SEG16 } from '../model/onnxInterface.js';
+import { SEG16_SIZE } from '../model/constants.js';
+import type { Device, Engine, EngineInput, EngineOutput, MaskOutput } from './engine.js';
 import { assertEngineInput, ownedArray } from './engineInput.js';
 
 export interface OnnxEngineOptions {
   /** Threads inside one operator; match the cores this engine really has (engine-notes.md). */
   readonly intraOpNumThreads: number;
   readonly interOpNumThreads?: number;
+  /** 'seg16' fetches the decoder's 16x16 output (when the graph has it), so the upsampling never runs. */
+  readonly maskOutput?: MaskOutput;
+  /** Default cpu. cuda fails loudly where the CUDA provider is missing, rather than falling back in silence. */
+  readonly device?: Device;
 }
+
+const PROVIDERS: Record<Device, string[]> = { cpu: ['cpu'], cuda: ['cuda'] };
 
 /** onnxruntime-node CPU engine. run() blocks its thread for the whole batch: use it inside a worker thread. */
 export class OnnxEngine implements Engine {
@@ -17,6 +24,8 @@ export class OnnxEngine implements Engine {
   private constructor(
     private readonly session: ort.InferenceSession,
     readonly numClasses: number,
+    private readonly maskName: string,
+    private readonly maskSize: number,
   ) {}
 
   /** `model` is a path to model.onnx or its bytes. */
@@ -26,6 +35,7 @@ export class OnnxEngine implements Engine {
       interOpNumThreads: opts.interOpNumThreads ?? 1,
       executionMode: 'sequential',
       graphOptimizationLevel: 'all',
+      executionProviders: PROVIDERS[opts.device ?? 'cpu'],
       // Idle pool threads must not spin: on a small machine they would take the cores that decode the next tiles.
       extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
     };
@@ -39,21 +49,22 @@ export class OnnxEngine implements Engine {
       await session.release();
       throw new Error(`ONNX model lacks ${missing.join(', ')} (has inputs ${session.inputNames}, outputs ${session.outputNames})`);
     }
-    return new OnnxEngine(session, numClasses);
+    const seg16 = opts.maskOutput === 'seg16' && session.outputNames.includes(ONNX_SEG16);
+    return new OnnxEngine(session, numClasses, seg16 ? ONNX_SEG16 : ONNX_OUTPUTS.mask, seg16 ? SEG16_SIZE : INPUT_SIZE);
   }
 
   async run(input: EngineInput): Promise<EngineOutput> {
     assertEngineInput(input);
     const x = new ort.Tensor('float32', input.data, [input.n, 3, INPUT_SIZE, INPUT_SIZE]);
-    const out = await this.session.run({ [ONNX_INPUT]: x });
-    const mask = out[ONNX_OUTPUTS.mask];
+    const out = await this.session.run({ [ONNX_INPUT]: x }, [this.maskName, ONNX_OUTPUTS.cls]);
+    const mask = out[this.maskName];
     const cls = out[ONNX_OUTPUTS.cls];
     try {
       const c = this.numClasses;
-      if (mask.data.length !== input.n * c * INPUT_SIZE * INPUT_SIZE || cls.data.length !== input.n * c) {
+      if (mask.data.length !== input.n * c * this.maskSize * this.maskSize || cls.data.length !== input.n * c) {
         throw new Error(`ONNX outputs have shapes mask ${mask.dims} cls ${cls.dims}, expected ${c} classes`);
       }
-      return { mask: ownedArray(mask.data as Float32Array), cls: ownedArray(cls.data as Float32Array) };
+      return { mask: ownedArray(mask.data as Float32Array), cls: ownedArray(cls.data as Float32Array), maskSize: this.maskSize };
     } finally {
       x.dispose();
     }

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
-import { modelNumClasses } from '../model/architecture.js';
-import { INPUT_SIZE } from '../model/constants.js';
+import { LAYER, modelNumClasses } from '../model/architecture.js';
+import { INPUT_SIZE, SEG16_SIZE } from '../model/constants.js';
 import { loadLayersModel } from '../model/tfjsIO.js';
-import type { Engine, EngineInput, EngineOutput } from './engine.js';
+import type { Engine, EngineInput, EngineOutput, MaskOutput } from './engine.js';
 import { assertEngineInput, ownedArray } from './engineInput.js';
 import { selectTfBackend } from './tfjsBackend.js';
 
@@ -14,24 +14,30 @@ export class TfjsEngine implements Engine {
     private readonly model: tf.LayersModel,
     readonly numClasses: number,
     backend: string,
+    private readonly maskSize: number,
   ) {
     this.name = `tfjs/${backend}`;
   }
 
   /** `modelPath` is the folder holding model.json, or model.json itself. */
-  static async create(modelPath: string, numClasses: number): Promise<TfjsEngine> {
+  static async create(modelPath: string, numClasses: number, maskOutput: MaskOutput = 'mask'): Promise<TfjsEngine> {
     const backend = await selectTfBackend();
-    return TfjsEngine.fromModel(await loadLayersModel(modelPath), numClasses, backend);
+    return TfjsEngine.fromModel(await loadLayersModel(modelPath), numClasses, backend, maskOutput);
   }
 
   /** Wraps a model already in memory; the engine owns it from now on. */
-  static fromModel(model: tf.LayersModel, numClasses: number, backend = tf.getBackend()): TfjsEngine {
+  static fromModel(model: tf.LayersModel, numClasses: number, backend = tf.getBackend(), maskOutput: MaskOutput = 'mask'): TfjsEngine {
     const c = modelNumClasses(model);
     if (c !== numClasses) {
       model.dispose();
       throw new Error(`TF.js model has ${c} classes, the manifest says ${numClasses}`);
     }
-    return new TfjsEngine(model, numClasses, backend);
+    if (maskOutput === 'seg16') {
+      // Same weights, outputs taken before the nearest upsampling.
+      const sub = tf.model({ inputs: model.inputs, outputs: [model.getLayer(LAYER.seg16).output as tf.SymbolicTensor, model.outputs[1]] });
+      return new TfjsEngine(sub, numClasses, backend, SEG16_SIZE);
+    }
+    return new TfjsEngine(model, numClasses, backend, INPUT_SIZE);
   }
 
   async run(input: EngineInput): Promise<EngineOutput> {
@@ -43,7 +49,7 @@ export class TfjsEngine implements Engine {
     });
     try {
       const [mask, cls] = await Promise.all([maskT.data<'float32'>(), clsT.data<'float32'>()]);
-      return { mask: ownedArray(mask), cls: ownedArray(cls) };
+      return { mask: ownedArray(mask), cls: ownedArray(cls), maskSize: this.maskSize };
     } finally {
       maskT.dispose();
       clsT.dispose();

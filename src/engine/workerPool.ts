@@ -1,7 +1,7 @@
 import { EventEmitter, once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import type { Manifest } from '../model/manifest.js';
-import type { EngineInput, EngineKind, EngineOutput } from './engine.js';
+import type { Device, EngineInput, EngineKind, EngineOutput } from './engine.js';
 import type { WorkerInit, WorkerReply } from './workerProtocol.js';
 
 export interface PoolOptions {
@@ -11,6 +11,7 @@ export interface PoolOptions {
   /** Total engine threads, split over the workers. */
   threads: number;
   workers: number;
+  device?: Device;
 }
 
 export interface PoolResult extends EngineOutput {
@@ -58,7 +59,7 @@ export class EnginePool extends EventEmitter {
     const names: string[] = [];
     try {
       for (let i = 0; i < opts.workers; i++) {
-        const init: WorkerInit = { kind: opts.kind, modelDir: opts.modelDir, manifest: opts.manifest, threads: perWorker };
+        const init: WorkerInit = { kind: opts.kind, modelDir: opts.modelDir, manifest: opts.manifest, threads: perWorker, device: opts.device ?? 'cpu' };
         const worker = startWorker(init);
         slots.push({ worker, busy: false });
         const [msg] = (await Promise.race([once(worker, 'message'), once(worker, 'error').then(([e]) => [{ type: 'failed', message: (e as Error).message }])])) as [WorkerReply];
@@ -80,7 +81,7 @@ export class EnginePool extends EventEmitter {
       if (!p || (msg.type !== 'result' && msg.type !== 'error') || msg.id !== p.id) return;
       slot.pending = undefined;
       slot.busy = false;
-      if (msg.type === 'result') p.resolve({ mask: msg.mask, cls: msg.cls, seconds: msg.seconds });
+      if (msg.type === 'result') p.resolve({ mask: msg.mask, cls: msg.cls, maskSize: msg.maskSize, seconds: msg.seconds });
       else p.reject(new Error(`engine error: ${msg.message}`));
       this.emit('idle');
     });

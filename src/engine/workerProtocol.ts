@@ -1,11 +1,12 @@
 import type { Manifest } from '../model/manifest.js';
-import type { EngineKind } from './engine.js';
+import type { Device, EngineKind } from './engine.js';
 
 export interface WorkerInit {
   kind: EngineKind;
   modelDir: string;
   manifest: Manifest;
   threads: number;
+  device: Device;
 }
 
 export type WorkerRequest = { type: 'run'; id: number; data: Float32Array; n: number } | { type: 'dispose' };
@@ -13,5 +14,5 @@ export type WorkerRequest = { type: 'run'; id: number; data: Float32Array; n: nu
 export type WorkerReply =
   | { type: 'ready'; engine: string }
   | { type: 'failed'; message: string }
-  | { type: 'result'; id: number; mask: Float32Array; cls: Float32Array; seconds: number }
+  | { type: 'result'; id: number; mask: Float32Array; cls: Float32Array; maskSize: number; seconds: number }
   | { type: 'error'; id: number; message: string };

@@ -18,14 +18,13 @@ export interface BatcherOptions {
   queueCapacity: number;
   /** Floats per window: 3 * size * size. */
   inputLength: number;
-  /** Mask logits per window: C * size * size. */
-  maskLength: number;
   numClasses: number;
 }
 
 export interface WindowResult {
-  /** Views into the batch's output; valid as long as the caller holds them. */
+  /** Views into the batch's output; valid as long as the caller holds them. mask is C x maskSize x maskSize. */
   mask: Float32Array;
+  maskSize: number;
   cls: Float32Array;
   queueSeconds: number;
   computeSeconds: number;
@@ -138,7 +137,7 @@ export class Batcher extends EventEmitter {
 
   private dispatch(jobs: Job[]): void {
     const n = jobs.length;
-    const { inputLength, maskLength, numClasses } = this.opts;
+    const { inputLength, numClasses } = this.opts;
     const batch = new Float32Array(n * inputLength);
     const now = performance.now();
     for (let i = 0; i < n; i++) {
@@ -157,10 +156,12 @@ export class Batcher extends EventEmitter {
         this.metrics?.computeSeconds.observe(out.seconds);
         this.metrics?.executions.inc();
         this.metrics?.inferences.inc(n);
+        const maskLength = out.mask.length / n;
         for (let i = 0; i < n; i++) {
           jobs[i].resolve({
             mask: out.mask.subarray(i * maskLength, (i + 1) * maskLength),
             cls: out.cls.subarray(i * numClasses, (i + 1) * numClasses),
+            maskSize: out.maskSize,
             queueSeconds: (now - jobs[i].enqueuedAt) / 1000,
             computeSeconds: out.seconds,
           });

@@ -1,5 +1,5 @@
 import { EnginePool } from '../engine/workerPool.js';
-import type { EngineKind } from '../engine/engine.js';
+import type { Device, EngineKind } from '../engine/engine.js';
 import type { Manifest } from '../model/manifest.js';
 import { listModels, resolveModel, type ModelEntry } from '../model/repository.js';
 import type { Logger } from '../telemetry/logger.js';
@@ -18,6 +18,7 @@ export interface RegistryOptions {
   root: string;
   defaultModel?: string;
   engine: EngineKind;
+  device: Device;
   threads: number;
   workers: number;
   maxBatch: number;
@@ -79,12 +80,12 @@ export class ModelRegistry {
     const k = key(manifest);
     const p = (async () => {
       const started = performance.now();
-      const pool = await EnginePool.create({ kind: this.opts.engine, modelDir: dir, manifest, threads: this.opts.threads, workers: this.opts.workers });
+      const pool = await EnginePool.create({ kind: this.opts.engine, modelDir: dir, manifest, threads: this.opts.threads, workers: this.opts.workers, device: this.opts.device });
       const size = manifest.inputSize;
       const C = manifest.classes.length;
       const batcher = new Batcher(
         pool,
-        { maxBatch: this.opts.maxBatch, maxDelayMs: this.opts.maxDelayMs, queueCapacity: this.opts.queueCapacity, inputLength: 3 * size * size, maskLength: C * size * size, numClasses: C },
+        { maxBatch: this.opts.maxBatch, maxDelayMs: this.opts.maxDelayMs, queueCapacity: this.opts.queueCapacity, inputLength: 3 * size * size, numClasses: C },
         this.metrics,
       );
       pool.on('error', (err: Error) => this.log.error({ err, model: k }, 'engine worker failed'));

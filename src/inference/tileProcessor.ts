@@ -63,6 +63,32 @@ function argmaxPlanes(logits: Float32Array, C: number, plane: number): Uint8Arra
   return out;
 }
 
+/** Nearest upsampling of an m x m label map to n x n (n a multiple of m), as the model's own 16 -> 128 step. */
+function upsampleNearest(labels: Uint8Array, m: number, n: number): Uint8Array {
+  if (m === n) return labels;
+  const f = n / m;
+  const out = new Uint8Array(n * n);
+  for (let y = 0; y < n; y++) {
+    const row = ((y / f) | 0) * m;
+    for (let x = 0; x < n; x++) out[y * n + x] = labels[row + ((x / f) | 0)];
+  }
+  return out;
+}
+
+/** The same for C planes of logits, for windows that are blended. */
+function upsampleLogits(logits: Float32Array, C: number, m: number, n: number): Float32Array {
+  if (m === n) return logits;
+  const f = n / m;
+  const out = new Float32Array(C * n * n);
+  for (let c = 0; c < C; c++) {
+    for (let y = 0; y < n; y++) {
+      const row = c * m * m + ((y / f) | 0) * m;
+      for (let x = 0; x < n; x++) out[c * n * n + y * n + x] = logits[row + ((x / f) | 0)];
+    }
+  }
+  return out;
+}
+
 function fractionsOf(labels: Uint8Array, C: number): number[] {
   const counts = new Float64Array(C);
   for (let i = 0; i < labels.length; i++) counts[labels[i]]++;
@@ -169,11 +195,12 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
   }
   let labels: Uint8Array;
   if (windows.length === 1 && work.width === size && work.height === size) {
-    // The common case, a tile of exactly one window: blending would only cost time.
-    labels = argmaxPlanes(results[0].mask, C, size * size);
+    // The common case, a tile of exactly one window: no blending, and argmax before the nearest upsampling.
+    const m = results[0].maskSize;
+    labels = upsampleNearest(argmaxPlanes(results[0].mask, C, m * m), m, size);
   } else {
     const blender = new Blender(work.width, work.height, C, size);
-    for (let i = 0; i < windows.length; i++) blender.add(windows[i], results[i].mask, 0);
+    for (let i = 0; i < windows.length; i++) blender.add(windows[i], upsampleLogits(results[i].mask, C, results[i].maskSize, size), 0);
     labels = blender.labels();
   }
   if (work.width !== width || work.height !== height) labels = await resizeLabels(labels, work.width, work.height, width, height);

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import onnxProto from 'onnx-proto';
 import { ENCODER_BLOCKS, LAYER } from './architecture.js';
 import { INPUT_SIZE, SEG16_SIZE } from './constants.js';
-import { ONNX_INPUT, ONNX_OUTPUTS } from './onnxInterface.js';
+import { ONNX_INPUT, ONNX_OUTPUTS, ONNX_SEG16 } from './onnxInterface.js';
 
 const { onnx } = onnxProto;
 type Attr = onnxProto.onnx.IAttributeProto;
@@ -187,7 +187,7 @@ export function exportOnnx(model: tf.LayersModel, numClasses: number): Uint8Arra
 
   let s = g.node('Relu', [g.conv(x, LAYER.decoderConv, LAYER.decoderBn)]);
   s = g.upsample(s, 2);
-  const seg16 = g.conv(s, LAYER.seg16, null, 'seg16');
+  const seg16 = g.conv(s, LAYER.seg16, null, ONNX_SEG16);
   g.upsample(seg16, INPUT_SIZE / SEG16_SIZE, ONNX_OUTPUTS.mask);
 
   let c = g.node('GlobalAveragePool', [seg16]);
@@ -207,6 +207,7 @@ export function exportOnnx(model: tf.LayersModel, numClasses: number): Uint8Arra
       output: [
         tensorInfo(ONNX_OUTPUTS.mask, ['N', numClasses, INPUT_SIZE, INPUT_SIZE]),
         tensorInfo(ONNX_OUTPUTS.cls, ['N', numClasses]),
+        tensorInfo(ONNX_SEG16, ['N', numClasses, SEG16_SIZE, SEG16_SIZE]),
       ],
     },
     metadataProps: [{ key: 'numClasses', value: String(numClasses) }],

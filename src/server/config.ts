@@ -1,12 +1,12 @@
 import { availableParallelism } from 'node:os';
 import { z } from 'zod';
-import { ENGINE_KINDS } from '../engine/engine.js';
+import { DEVICES, ENGINE_KINDS } from '../engine/engine.js';
 
 /**
  * Server configuration, parsed once at start from flags and HISTOSEG_* variables into a frozen object.
  * Nothing reads process.env after this.
  */
-const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])]).transform((v) =>
+const bool = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])], { error: 'expected true, false, 1, 0, yes or no' }).transform((v) =>
   typeof v === 'boolean' ? v : ['true', '1', 'yes'].includes(v),
 );
 const port = z.coerce.number().int().min(0).max(65535);
@@ -19,6 +19,8 @@ export const ConfigSchema = z
     models: z.string().min(1).default('models'),
     defaultModel: z.string().optional(),
     engine: z.enum(ENGINE_KINDS).default('onnx'),
+    /** onnx engine: where it runs; cuda needs onnxruntime-node's CUDA provider (the GPU image installs it). */
+    device: z.enum(DEVICES).default('cpu'),
     /** Engine threads; the cores this process really has, so engines don't fight over them. */
     threads: z.coerce.number().int().min(1).max(256).default(availableParallelism()),
     workers: z.coerce.number().int().min(1).max(64).default(1),
@@ -40,8 +42,12 @@ export const ConfigSchema = z
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
   .strict()
-  .refine((c) => !!c.tlsCert === !!c.tlsKey, { message: 'tlsCert and tlsKey (HISTOSEG_TLS_CERT, HISTOSEG_TLS_KEY) must be set together' })
-  .refine((c) => !c.tlsClientCa || !!c.tlsCert, { message: 'tlsClientCa needs tlsCert and tlsKey' });
+  // Issues carry the missing key's path, so loadConfig names its flag and variable.
+  .superRefine((c, ctx) => {
+    if (c.tlsCert && !c.tlsKey) ctx.addIssue({ code: 'custom', path: ['tlsKey'], message: 'required when --tls-cert is set (TLS needs the certificate and its key)' });
+    if (c.tlsKey && !c.tlsCert) ctx.addIssue({ code: 'custom', path: ['tlsCert'], message: 'required when --tls-key is set (TLS needs the certificate and its key)' });
+    if (c.tlsClientCa && !c.tlsCert) ctx.addIssue({ code: 'custom', path: ['tlsClientCa'], message: 'needs --tls-cert and --tls-key: client certificates are checked only over TLS' });
+  });
 
 export type Config = Readonly<z.infer<typeof ConfigSchema>>;
 

@@ -1,9 +1,10 @@
 import { readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
-import { HealthImplementation } from 'grpc-health-check';
+import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { ModelRegistry } from '../inference/modelRegistry.js';
 import { ModelServiceService } from '../proto/gen/histoseg/v1/model.js';
 import { SegmentationServiceService } from '../proto/gen/histoseg/v1/segmentation.js';
@@ -57,6 +58,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       root: config.models,
       defaultModel: config.defaultModel,
       engine: config.engine,
+      device: config.device,
       threads: config.threads,
       workers: config.workers,
       maxBatch: config.maxBatch,
@@ -80,7 +82,10 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   );
   server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, auth));
   health.addToServer(server);
-  const packageDefinition = loadSync(['histoseg/v1/segmentation.proto', 'histoseg/v1/model.proto'], { includeDirs: [protoRoot()] });
+  // Health is described too, so `grpcurl ... grpc.health.v1.Health/Check` works from reflection alone.
+  const packageDefinition = loadSync(['histoseg/v1/segmentation.proto', 'histoseg/v1/model.proto', 'health.proto'], {
+    includeDirs: [protoRoot(), dirname(healthProtoPath)],
+  });
   new ReflectionService(packageDefinition).addToServer(server);
 
   let port: number;
@@ -114,9 +119,13 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
         await Promise.allSettled([...streams]);
         await registry.stop();
       })();
-      if ((await Promise.race([drained, grace])) === 'timeout') log.warn({ streams: streams.size }, 'drain timed out; closing anyway');
-      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
-      server.forceShutdown();
+      if ((await Promise.race([drained, grace])) === 'timeout') {
+        // Past the grace time, open calls are cancelled rather than waited for.
+        log.warn({ streams: streams.size }, 'drain timed out; cancelling open streams');
+        server.forceShutdown();
+      } else {
+        await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      }
       await registry.stop().catch(() => undefined);
       await new Promise<void>((resolve) => telemetry.server.close(() => resolve()));
       log.info('stopped');

@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { BatcherStoppedError } from '../inference/batcher.js';
 import { InvalidModelRefError, ModelNotFoundError, TooManyModelsError, type ModelRegistry } from '../inference/modelRegistry.js';
@@ -63,6 +64,8 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   const { metrics, log, config } = deps;
   const abort = new AbortController();
   const signal = abort.signal;
+  // Every queued window listens on this signal (and leaves it when dispatched): no fixed cap fits.
+  setMaxListeners(0, signal);
   let ended = false;
   const fail = (err: unknown) => {
     if (ended) return;

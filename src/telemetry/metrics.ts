@@ -25,7 +25,7 @@ export class Metrics {
     this.tiles = new Counter({ name: 'histoseg_tiles_total', help: 'Tiles answered, by status', labelNames: ['status', 'model'], registers: r });
     this.tileSeconds = new Histogram({
       name: 'histoseg_tile_latency_seconds',
-      help: 'Time from a tile being read off the stream to its answer being written',
+      help: 'Time from a tile being read off the stream to its answer being ready',
       labelNames: ['status'],
       buckets: LATENCY_BUCKETS,
       registers: r,
