@@ -203,6 +203,8 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
     for (let i = 0; i < windows.length; i++) blender.add(windows[i], upsampleLogits(results[i].mask, C, results[i].maskSize, size), 0);
     labels = blender.labels();
   }
+  // Glass is background whatever the model says: the tissue mask is the paper's own foreground rule (App. B.1).
+  for (let i = 0; i < labels.length; i++) if (tissue[i] === 0) labels[i] = 0;
   if (work.width !== width || work.height !== height) labels = await resizeLabels(labels, work.width, work.height, width, height);
 
   let predicted = 0;
