@@ -123,6 +123,14 @@ function cpuSnap(pids: number[]): { t: number; busy: number; own: number } {
   }
   return { t: performance.now() / 1000, busy, own };
 }
+function procCpu(pid: number): number {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'utf8').split(')').pop()!.trim().split(/\s+/);
+    return Number(s[11]) + Number(s[12]);
+  } catch {
+    return NaN;
+  }
+}
 /** Cores used by processes other than ours between two snapshots. */
 const foreign = (a: ReturnType<typeof cpuSnap>, b: ReturnType<typeof cpuSnap>) =>
   Math.max(0, (b.busy - a.busy - (b.own - a.own)) / HZ / (b.t - a.t));
@@ -134,9 +142,12 @@ async function modelOnly(onnxPath: string, C: number, batches: number[], pids: n
   for (const n of batches) {
     const data = new Float32Array(n * 3 * INPUT_SIZE * INPUT_SIZE).map(() => Math.random() * 2 - 1);
     const a = cpuSnap(pids);
+    const c0 = process.cpuUsage();
     const times = await timeLoop(() => engine.run({ data, n }), SECONDS / 2);
+    const c = process.cpuUsage(c0);
     const f = foreign(a, cpuSnap(pids));
-    rows.push({ engine: 'onnx', batch: n, tiles_per_s: n / median(times), runs: times.length, foreign_cores: f });
+    const cpuMsPerTile = (c.user + c.system) / 1000 / (n * (times.length + 3));
+    rows.push({ engine: 'onnx', batch: n, tiles_per_s: n / median(times), runs: times.length, cpu_ms_per_tile: cpuMsPerTile, foreign_cores: f });
     log(`model-only onnx batch ${n}: ${(n / median(times)).toFixed(1)} tiles/s (foreign load ${f.toFixed(2)} cores)`);
   }
   await engine.dispose();
@@ -205,6 +216,8 @@ async function endToEnd(address: string, tiles: Tile[], streams: number, seconds
   const start = performance.now();
   const stopAt = start + seconds * 1000;
   const a = cpuSnap(pids);
+  const serverCpu0 = procCpu(pids[1]);
+  const clientCpu0 = procCpu(pids[0]);
   await Promise.all(
     clients.map(async (c, s) => {
       const sent = new Map<string, number>();
@@ -226,7 +239,10 @@ async function endToEnd(address: string, tiles: Tile[], streams: number, seconds
     }),
   );
   const elapsed = (performance.now() - start) / 1000;
-  const f = foreign(a, cpuSnap(pids));
+  const b = cpuSnap(pids);
+  const f = foreign(a, b);
+  const serverCpu = (procCpu(pids[1]) - serverCpu0) / HZ;
+  const clientCpu = (procCpu(pids[0]) - clientCpu0) / HZ;
   clients.forEach((c) => c.close());
   latencies.sort((x, y) => x - y);
   return {
@@ -238,6 +254,9 @@ async function endToEnd(address: string, tiles: Tile[], streams: number, seconds
     p99_ms: percentile(latencies, 99) * 1000,
     statuses: Object.fromEntries(statuses),
     foreign_cores: f,
+    /** CPU per answered tile, in ms: the whole server process (engine included) and this client. */
+    server_cpu_ms_per_tile: (1000 * serverCpu) / answered,
+    client_cpu_ms_per_tile: (1000 * clientCpu) / answered,
   };
 }
 
@@ -272,7 +291,7 @@ try {
   for (const s of opts.streams.split(',').map(Number)) {
     const r = await endToEnd(address, tissue, s, SECONDS, pids);
     e2e.push({ ...r, rss: peakRss(child.pid!) });
-    log(`end-to-end ${s} streams: ${r.tiles_per_s.toFixed(1)} tiles/s, p50 ${r.p50_ms.toFixed(1)} ms, p99 ${r.p99_ms.toFixed(1)} ms (foreign ${r.foreign_cores.toFixed(2)})`);
+    log(`end-to-end ${s} streams: ${r.tiles_per_s.toFixed(1)} tiles/s, p50 ${r.p50_ms.toFixed(1)} ms, p99 ${r.p99_ms.toFixed(1)} ms, CPU/tile server ${r.server_cpu_ms_per_tile.toFixed(2)} ms client ${r.client_cpu_ms_per_tile.toFixed(2)} ms (foreign ${r.foreign_cores.toFixed(2)})`);
   }
   background_run = await endToEnd(address, background, 8, SECONDS / 2, pids);
   log(`background 8 streams: ${background_run.tiles_per_s.toFixed(0)} tiles/s`);
@@ -319,7 +338,7 @@ const md = [
   ...model.map((m) => `| model-only onnx, batch ${m.batch} | ${f1(m.tiles_per_s)} | ${pct(m.tiles_per_s / limitTilesPerS)} of limit |`),
   ...(Array.isArray(torch) ? torch.map((t) => `| PyTorch reference ${t.variant}, batch ${t.batch} | ${f1(t.tiles_per_s)} | onnx best = ${f1(best / t.tiles_per_s)}x |`) : [`| PyTorch reference | n/a | ${torch.error} |`]),
   ...(wasm ? [`| model-only ${wasm.engine}, batch ${wasm.batch} | ${f1(wasm.tiles_per_s)} | ${pct(wasm.tiles_per_s / at(8))} of onnx batch 8 |`] : []),
-  ...e2e.map((e) => `| end-to-end gRPC, ${e.streams} stream(s), p50 ${e.p50_ms.toFixed(1)} ms, p99 ${e.p99_ms.toFixed(1)} ms (foreign ${e.foreign_cores.toFixed(2)}) | ${f1(e.tiles_per_s)} | ${pct(e.tiles_per_s / best)} of model-only best |`),
+  ...e2e.map((e) => `| end-to-end gRPC, ${e.streams} stream(s), p50 ${e.p50_ms.toFixed(1)} ms, p99 ${e.p99_ms.toFixed(1)} ms; CPU/tile ${e.server_cpu_ms_per_tile.toFixed(2)} ms server + ${e.client_cpu_ms_per_tile.toFixed(2)} ms client (foreign ${e.foreign_cores.toFixed(2)}) | ${f1(e.tiles_per_s)} | ${pct(e.tiles_per_s / best)} of model-only best |`),
   ...(background_run ? [`| background tiles, 8 streams, p50 ${background_run.p50_ms.toFixed(1)} ms | ${f1(background_run.tiles_per_s)} | |`] : []),
   ``,
   `Peak RSS of the server over the whole run (incl. 32 streams): ${rss.peak_mib.toFixed(0)} MiB.`,

@@ -1,0 +1,368 @@
+import assert from 'node:assert/strict';
+import { before, describe, it } from 'node:test';
+import * as tf from '@tensorflow/tfjs';
+import { selectTfBackend } from '../src/engine/tfjsBackend.js';
+import {
+  conv2DBackpropFilterConfig,
+  conv2DBackpropInputConfig,
+  maxPoolGradConfig,
+  meanConfig,
+  registerWasmTrainingKernels,
+  sumConfig,
+  tileConfig,
+  unregisterWasmTrainingKernels,
+} from '../src/engine/wasmGradKernels.js';
+
+type Pad = 'same' | 'valid' | number | tf.backend_util.ExplicitPadding;
+type Shape4 = [number, number, number, number];
+
+const MAX_REL_L2 = 1e-4;
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randomArray(size: number, rand: () => number, lo = -1, hi = 1): Float32Array {
+  return Float32Array.from({ length: size }, () => lo + (hi - lo) * rand());
+}
+
+function relL2(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+  assert.equal(actual.length, expected.length, 'length');
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < expected.length; i++) {
+    num += (actual[i] - expected[i]) ** 2;
+    den += expected[i] ** 2;
+  }
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+interface ConvCase {
+  readonly x: Shape4;
+  readonly k: [number, number];
+  readonly co: number;
+  readonly stride: number | [number, number];
+  readonly pad: Pad;
+}
+
+function convInfo(c: ConvCase) {
+  return tf.backend_util.computeConv2DInfo(c.x, [c.k[0], c.k[1], c.x[3], c.co], c.stride, 1, c.pad);
+}
+
+/** y[n,oh,ow,co] = sum x[n, oh*s - top + i, ow*s - left + j, ci] * w[i,j,ci,co]: the brute-force forward. */
+function convTerms(c: ConvCase, visit: (xi: number, wi: number, yi: number) => void): void {
+  const info = convInfo(c);
+  const [n, h, w, ci] = c.x;
+  const [kh, kw] = c.k;
+  for (let b = 0; b < n; b++)
+    for (let oy = 0; oy < info.outHeight; oy++)
+      for (let ox = 0; ox < info.outWidth; ox++)
+        for (let i = 0; i < kh; i++) {
+          const iy = oy * info.strideHeight - info.padInfo.top + i;
+          if (iy < 0 || iy >= h) continue;
+          for (let j = 0; j < kw; j++) {
+            const ix = ox * info.strideWidth - info.padInfo.left + j;
+            if (ix < 0 || ix >= w) continue;
+            for (let a = 0; a < ci; a++)
+              for (let o = 0; o < c.co; o++) {
+                visit(((b * h + iy) * w + ix) * ci + a, ((i * kw + j) * ci + a) * c.co + o, ((b * info.outHeight + oy) * info.outWidth + ox) * c.co + o);
+              }
+          }
+        }
+}
+
+function refConv(c: ConvCase, x: Float32Array, w: Float32Array): Float64Array {
+  const y = new Float64Array(tf.util.sizeFromShape(convInfo(c).outShape));
+  convTerms(c, (xi, wi, yi) => (y[yi] += x[xi] * w[wi]));
+  return y;
+}
+
+function refFilterGrad(c: ConvCase, x: Float32Array, dy: Float32Array): Float64Array {
+  const dw = new Float64Array(c.k[0] * c.k[1] * c.x[3] * c.co);
+  convTerms(c, (xi, wi, yi) => (dw[wi] += x[xi] * dy[yi]));
+  return dw;
+}
+
+function refInputGrad(c: ConvCase, w: Float32Array, dy: Float32Array): Float64Array {
+  const dx = new Float64Array(tf.util.sizeFromShape(c.x));
+  convTerms(c, (xi, wi, yi) => (dx[xi] += w[wi] * dy[yi]));
+  return dx;
+}
+
+/** Shapes as the paper's model has them (explicit zero padding + 'valid') and the generic cases, at odd sizes. */
+const CONV_CASES: ConvCase[] = [];
+for (const stride of [1, 2] as const) {
+  for (const k of [[3, 3], [1, 1], [7, 7], [2, 3]] as [number, number][]) {
+    for (const pad of ['same', 'valid'] as const) {
+      CONV_CASES.push({ x: [2, 7, 9, 3], k, co: 5, stride, pad });
+    }
+  }
+  CONV_CASES.push({ x: [3, 9, 9, 4], k: [3, 3], co: 6, stride, pad: 1 });
+  CONV_CASES.push({ x: [2, 11, 8, 3], k: [7, 7], co: 4, stride, pad: 3 });
+  CONV_CASES.push({ x: [2, 8, 7, 5], k: [3, 3], co: 3, stride, pad: [[0, 0], [0, 2], [1, 0], [0, 0]] });
+  CONV_CASES.push({ x: [2, 10, 10, 6], k: [3, 3], co: 8, stride, pad: 'valid' }); // zeroPadding2d(1) + 'valid'
+}
+CONV_CASES.push({ x: [2, 7, 9, 3], k: [3, 3], co: 5, stride: [2, 1], pad: 'same' });
+CONV_CASES.push({ x: [1, 16, 16, 8], k: [1, 1], co: 16, stride: 2, pad: 'valid' }); // the downsample shortcut
+CONV_CASES.push({ x: [2, 5, 6, 3], k: [3, 3], co: 2, stride: 3, pad: 'same' });
+
+const label = (c: ConvCase) => `x ${c.x.join('x')} k ${c.k.join('x')} co ${c.co} stride ${c.stride} pad ${JSON.stringify(c.pad)}`;
+
+function runKernel(name: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap): tf.Tensor {
+  return tf.engine().runKernel(name, inputs, attrs) as tf.Tensor;
+}
+
+/** The backend's live buffers: a kernel must leave none behind besides its output. */
+function liveDataIds(): number {
+  return tf.engine().backend.numDataIds();
+}
+
+before(async () => {
+  assert.equal(await selectTfBackend(), 'wasm');
+  registerWasmTrainingKernels();
+});
+
+describe('wasm gradient kernels', () => {
+  it('registers idempotently and restores the native kernels', () => {
+    registerWasmTrainingKernels();
+    for (const config of [conv2DBackpropFilterConfig, maxPoolGradConfig, conv2DBackpropInputConfig, tileConfig, sumConfig, meanConfig]) {
+      assert.equal(tf.getKernel(config.kernelName, 'wasm')?.kernelFunc, config.kernelFunc, config.kernelName);
+    }
+    unregisterWasmTrainingKernels();
+    assert.equal(tf.getKernel(tf.Conv2DBackpropFilter, 'wasm'), undefined, 'wasm has no native Conv2DBackpropFilter');
+    assert.notEqual(tf.getKernel(tf.MaxPoolGrad, 'wasm')?.kernelFunc, maxPoolGradConfig.kernelFunc);
+    assert.ok(tf.getKernel(tf.Conv2DBackpropInput, 'wasm'), 'native Conv2DBackpropInput restored');
+    registerWasmTrainingKernels({ replaceNative: false });
+    assert.equal(tf.getKernel(tf.Conv2DBackpropFilter, 'wasm')?.kernelFunc, conv2DBackpropFilterConfig.kernelFunc);
+    assert.notEqual(tf.getKernel(tf.Conv2DBackpropInput, 'wasm')?.kernelFunc, conv2DBackpropInputConfig.kernelFunc);
+    registerWasmTrainingKernels();
+    assert.equal(tf.getKernel(tf.Conv2DBackpropInput, 'wasm')?.kernelFunc, conv2DBackpropInputConfig.kernelFunc);
+  });
+
+  it('brute-force conv reference matches wasm Conv2D (pins the padding convention)', () => {
+    const rand = rng(1);
+    for (const c of CONV_CASES) {
+      const x = randomArray(tf.util.sizeFromShape(c.x), rand);
+      const w = randomArray(c.k[0] * c.k[1] * c.x[3] * c.co, rand);
+      const y = tf.tidy(() => tf.conv2d(tf.tensor4d(x, c.x), tf.tensor4d(w, [c.k[0], c.k[1], c.x[3], c.co]), c.stride, c.pad).dataSync());
+      assert.ok(relL2(y, refConv(c, x, w)) < MAX_REL_L2, label(c));
+    }
+  });
+
+  it('Conv2DBackpropFilter matches brute force', () => {
+    const rand = rng(2);
+    for (const c of CONV_CASES) {
+      const info = convInfo(c);
+      const x = randomArray(tf.util.sizeFromShape(c.x), rand);
+      const dy = randomArray(tf.util.sizeFromShape(info.outShape), rand);
+      const [xt, dyt] = [tf.tensor4d(x, c.x), tf.tensor(dy, info.outShape)];
+      const live = liveDataIds();
+      const dw = runKernel(tf.Conv2DBackpropFilter, { x: xt, dy: dyt }, {
+        strides: c.stride,
+        pad: c.pad,
+        dataFormat: 'NHWC',
+        filterShape: [c.k[0], c.k[1], c.x[3], c.co],
+      });
+      assert.equal(liveDataIds(), live + 1, `leaked buffers: ${label(c)}`);
+      assert.deepEqual(dw.shape, [c.k[0], c.k[1], c.x[3], c.co]);
+      const err = relL2(dw.dataSync(), refFilterGrad(c, x, dy));
+      assert.ok(err < MAX_REL_L2, `${label(c)}: rel L2 ${err}`);
+      tf.dispose([xt, dyt, dw]);
+    }
+  });
+
+  it('Conv2DBackpropInput matches brute force', () => {
+    const rand = rng(3);
+    for (const c of CONV_CASES) {
+      const info = convInfo(c);
+      const w = randomArray(c.k[0] * c.k[1] * c.x[3] * c.co, rand);
+      const dy = randomArray(tf.util.sizeFromShape(info.outShape), rand);
+      const [wt, dyt] = [tf.tensor4d(w, [c.k[0], c.k[1], c.x[3], c.co]), tf.tensor(dy, info.outShape)];
+      const live = liveDataIds();
+      const dx = runKernel(tf.Conv2DBackpropInput, { dy: dyt, filter: wt }, {
+        strides: c.stride,
+        pad: c.pad,
+        dataFormat: 'NHWC',
+        inputShape: c.x,
+      });
+      assert.equal(liveDataIds(), live + 1, `leaked buffers: ${label(c)}`);
+      assert.deepEqual(dx.shape, c.x);
+      const err = relL2(dx.dataSync(), refInputGrad(c, w, dy));
+      assert.ok(err < MAX_REL_L2, `${label(c)}: rel L2 ${err}`);
+      tf.dispose([wt, dyt, dx]);
+    }
+  });
+
+  it('conv gradients through tf.grad match brute force (batch > 1)', () => {
+    const rand = rng(4);
+    const c: ConvCase = { x: [3, 9, 7, 4], k: [3, 3], co: 5, stride: 2, pad: 'valid' };
+    const info = convInfo(c);
+    const x = randomArray(tf.util.sizeFromShape(c.x), rand);
+    const w = randomArray(c.k[0] * c.k[1] * c.x[3] * c.co, rand);
+    const dy = randomArray(tf.util.sizeFromShape(info.outShape), rand);
+    const [gx, gw] = tf.tidy(() => {
+      const f = (a: tf.Tensor, b: tf.Tensor) => tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.stride, c.pad);
+      return tf.grads(f)([tf.tensor4d(x, c.x), tf.tensor4d(w, [3, 3, 4, 5])], tf.tensor(dy, info.outShape)).map((g) => g.dataSync());
+    });
+    assert.ok(relL2(gx, refInputGrad(c, w, dy)) < MAX_REL_L2);
+    assert.ok(relL2(gw, refFilterGrad(c, x, dy)) < MAX_REL_L2);
+  });
+});
+
+interface PoolCase {
+  readonly x: Shape4;
+  readonly size: [number, number];
+  readonly stride: number;
+  readonly pad: Pad;
+}
+
+/** dx of max pooling: each window's dy goes to its first maximum in row-major order; padding never wins. */
+function refMaxPoolGrad(c: PoolCase, x: Float32Array, dy: Float32Array): Float64Array {
+  const info = tf.backend_util.computePool2DInfo(c.x, c.size, c.stride, 1, c.pad);
+  const [n, h, w, ch] = c.x;
+  const dx = new Float64Array(x.length);
+  for (let b = 0; b < n; b++)
+    for (let oy = 0; oy < info.outHeight; oy++)
+      for (let ox = 0; ox < info.outWidth; ox++)
+        for (let k = 0; k < ch; k++) {
+          let best = -Infinity;
+          let at = -1;
+          for (let i = 0; i < c.size[0]; i++)
+            for (let j = 0; j < c.size[1]; j++) {
+              const iy = oy * c.stride - info.padInfo.top + i;
+              const ix = ox * c.stride - info.padInfo.left + j;
+              if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+              const idx = ((b * h + iy) * w + ix) * ch + k;
+              if (x[idx] > best) {
+                best = x[idx];
+                at = idx;
+              }
+            }
+          if (at >= 0) dx[at] += dy[((b * info.outHeight + oy) * info.outWidth + ox) * ch + k];
+        }
+  return dx;
+}
+
+describe('wasm MaxPoolGrad', () => {
+  const cases: PoolCase[] = [];
+  for (const stride of [1, 2]) {
+    for (const pad of ['same', 'valid'] as const) {
+      cases.push({ x: [2, 7, 9, 3], size: [3, 3], stride, pad });
+      cases.push({ x: [3, 8, 8, 5], size: [2, 2], stride, pad });
+    }
+  }
+  cases.push({ x: [2, 9, 9, 4], size: [3, 3], stride: 2, pad: 1 });
+
+  const inputs: { name: string; values: (size: number, rand: () => number) => Float32Array }[] = [
+    { name: 'random', values: (size, rand) => randomArray(size, rand) },
+    { name: 'all negative', values: (size, rand) => randomArray(size, rand, -3, -0.5) },
+    // Few distinct values, zeros included: windows with ties and with only zeros and negatives.
+    { name: 'ties', values: (size, rand) => Float32Array.from({ length: size }, () => Math.floor(rand() * 3) - 2) },
+  ];
+
+  for (const input of inputs) {
+    it(`matches brute force on ${input.name} inputs`, () => {
+      const rand = rng(5);
+      for (const c of cases) {
+        const x = input.values(tf.util.sizeFromShape(c.x), rand);
+        const xt = tf.tensor4d(x, c.x);
+        const y = tf.maxPool(xt, c.size, c.stride, c.pad);
+        const dy = randomArray(y.size, rand, 0.5, 1.5);
+        const dyt = tf.tensor(dy, y.shape);
+        const dx = runKernel(tf.MaxPoolGrad, { dy: dyt, input: xt, output: y }, { filterSize: c.size, strides: c.stride, pad: c.pad });
+        const expected = refMaxPoolGrad(c, x, dy);
+        const err = relL2(dx.dataSync(), expected);
+        assert.ok(err < MAX_REL_L2, `${input.name} x ${c.x.join('x')} pool ${c.size} stride ${c.stride} pad ${c.pad}: rel L2 ${err}`);
+        // Every window routes its gradient somewhere: nothing is lost, whatever the sign.
+        const total = dy.reduce((a, v) => a + v, 0);
+        assert.ok(Math.abs(dx.sum().dataSync()[0] - total) < 1e-3 * total);
+        tf.dispose([xt, y, dyt, dx]);
+      }
+    });
+  }
+});
+
+describe('wasm Tile, Sum and Mean', () => {
+  it('Tile matches brute force for every dtype and rank', () => {
+    const rand = rng(6);
+    const cases: { shape: number[]; reps: number[] }[] = [
+      { shape: [1, 1, 1, 5], reps: [3, 7, 9, 1] }, // batch norm's gradient
+      { shape: [2, 3, 4], reps: [2, 1, 3] },
+      { shape: [3, 1, 2, 2], reps: [1, 4, 1, 3] },
+      { shape: [5], reps: [4] },
+      { shape: [2, 2], reps: [1, 1] },
+      { shape: [2, 0, 3], reps: [2, 2, 2] },
+    ];
+    for (const dtype of ['float32', 'int32', 'bool'] as const) {
+      for (const c of cases) {
+        const size = tf.util.sizeFromShape(c.shape);
+        const values = Array.from({ length: size }, () => (dtype === 'float32' ? rand() : Math.floor(rand() * (dtype === 'bool' ? 2 : 100))));
+        const x = tf.tensor(values, c.shape, dtype);
+        const y = tf.tile(x, c.reps);
+        const outShape = c.shape.map((d, i) => d * c.reps[i]);
+        assert.deepEqual(y.shape, outShape);
+        const got = y.dataSync();
+        const xStrides = tf.util.computeStrides(c.shape);
+        for (let i = 0; i < got.length; i++) {
+          const idx = tf.util.indexToLoc(i, outShape.length, tf.util.computeStrides(outShape));
+          const src = idx.reduce((a, v, d) => a + (v % c.shape[d]) * (d < xStrides.length ? xStrides[d] : 1), 0);
+          assert.equal(got[i], dtype === 'float32' ? Math.fround(values[src]) : values[src], `${dtype} ${c.shape} x ${c.reps} at ${i}`);
+        }
+        tf.dispose([x, y]);
+      }
+    }
+  });
+
+  const reduceCases: { shape: number[]; axis: number | number[]; keepDims: boolean }[] = [
+    { shape: [3, 7, 9, 5], axis: [0, 1, 2], keepDims: false }, // batch norm statistics
+    { shape: [3, 7, 9, 5], axis: [2, 0, 1], keepDims: true },
+    { shape: [4, 6], axis: 0, keepDims: false },
+    { shape: [4, 6, 2], axis: [0, 1, 2], keepDims: false },
+    { shape: [1, 1, 8, 3], axis: [0, 1, 2], keepDims: true },
+    { shape: [3, 7, 9, 5], axis: -1, keepDims: false }, // trailing: native path
+    { shape: [3, 7, 9, 5], axis: [1, 2], keepDims: true }, // not leading: native path
+  ];
+  for (const op of ['sum', 'mean'] as const) {
+    it(`${op} matches brute force over leading and other axes`, () => {
+      const rand = rng(op === 'sum' ? 8 : 9);
+      for (const c of reduceCases) {
+        const values = randomArray(tf.util.sizeFromShape(c.shape), rand, 0, 2);
+        const x = tf.tensor(values, c.shape);
+        const live = liveDataIds();
+        const y = op === 'sum' ? tf.sum(x, c.axis, c.keepDims) : tf.mean(x, c.axis, c.keepDims);
+        assert.equal(liveDataIds(), live + 1, `leaked buffers: ${c.shape} axis ${c.axis}`);
+        const axes = tf.util.parseAxisParam(c.axis, c.shape);
+        const outShape = c.keepDims ? c.shape.map((d, i) => (axes.includes(i) ? 1 : d)) : c.shape.filter((_, i) => !axes.includes(i));
+        assert.deepEqual(y.shape, outShape);
+        const expected = new Float64Array(tf.util.sizeFromShape(outShape));
+        const strides = tf.util.computeStrides(c.shape);
+        const keptShape = c.shape.map((d, i) => (axes.includes(i) ? 1 : d));
+        const keptStrides = tf.util.computeStrides(keptShape);
+        const count = axes.reduce((a, i) => a * c.shape[i], 1);
+        for (let i = 0; i < values.length; i++) {
+          const loc = tf.util.indexToLoc(i, c.shape.length, strides).map((v, d) => (axes.includes(d) ? 0 : v));
+          const at = keptStrides.length === 0 ? 0 : tf.util.locToIndex(loc, keptShape.length, keptStrides);
+          expected[at] += op === 'sum' ? values[i] : values[i] / count;
+        }
+        const err = relL2(y.dataSync(), expected);
+        assert.ok(err < MAX_REL_L2, `${op} ${c.shape} axis ${c.axis}: rel L2 ${err}`);
+        tf.dispose([x, y]);
+      }
+    });
+  }
+
+  it('sum of int32 keeps its dtype and exact value', () => {
+    const x = tf.tensor([[1, 2], [3, 4], [5, 6]], [3, 2], 'int32');
+    const y = tf.sum(x, 0);
+    assert.equal(y.dtype, 'int32');
+    assert.deepEqual(Array.from(y.dataSync()), [9, 12]);
+    tf.dispose([x, y]);
+  });
+});
