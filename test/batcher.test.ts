@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
 import { describe, it } from 'node:test';
-import type { EngineInput } from '../src/engine/engine.js';
-import type { PoolResult } from '../src/engine/workerPool.js';
+import type { PoolResult, RgbBatch } from '../src/engine/workerPool.js';
 import { Batcher, BatcherStoppedError, type BatchRunner } from '../src/inference/batcher.js';
 
 /** A fake engine whose batches finish only when the test says so; it echoes each window's first value. */
@@ -10,7 +9,7 @@ class FakeRunner extends EventEmitter implements BatchRunner {
   readonly size: number;
   busy = 0;
   batches: number[] = [];
-  private waiting: Array<{ input: EngineInput; resolve: (r: PoolResult) => void }> = [];
+  private waiting: Array<{ input: RgbBatch; resolve: (r: PoolResult) => void }> = [];
   constructor(size = 1) {
     super();
     this.size = size;
@@ -18,7 +17,7 @@ class FakeRunner extends EventEmitter implements BatchRunner {
   idleCount(): number {
     return this.size - this.busy;
   }
-  run(input: EngineInput): Promise<PoolResult> {
+  run(input: RgbBatch): Promise<PoolResult> {
     this.busy++;
     this.batches.push(input.n);
     const p = new Promise<PoolResult>((resolve) => this.waiting.push({ input, resolve }));
@@ -44,7 +43,7 @@ class FakeRunner extends EventEmitter implements BatchRunner {
 }
 
 const opts = { maxBatch: 4, maxDelayMs: 1e6, queueCapacity: 8, inputLength: 3, numClasses: 1 };
-const win = (v: number) => new Float32Array([v, 0, 0]);
+const win = (v: number) => new Uint8Array([v, 0, 0]);
 
 describe('Batcher', () => {
   it('closes a batch when it is full and routes each result to its window', async () => {
@@ -132,7 +131,7 @@ describe('Batcher', () => {
 
   it('refuses a window of the wrong size', async () => {
     const b = new Batcher(new FakeRunner(), opts);
-    await assert.rejects(b.enqueue(new Float32Array(5)), /expected 3/);
+    await assert.rejects(b.enqueue(new Uint8Array(5)), /expected 3/);
   });
 
   it('stop() runs what is queued, then refuses new work', async () => {

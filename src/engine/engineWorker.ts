@@ -2,6 +2,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { createEngine } from './createEngine.js';
 import type { Engine } from './engine.js';
+import { writeModelInput } from '../preprocess/tiling.js';
 import type { WorkerInit, WorkerReply, WorkerRequest } from './workerProtocol.js';
 
 const port = parentPort;
@@ -17,6 +18,11 @@ try {
   process.exit(1);
 }
 
+const size = init.manifest.inputSize;
+const windowBytes = 3 * size * size;
+// One float buffer, grown to the largest batch seen: the main thread ships bytes, 4x less than floats.
+let input = new Float32Array(0);
+
 port.on('message', async (msg: WorkerRequest) => {
   if (msg.type === 'dispose') {
     await engine.dispose();
@@ -25,10 +31,14 @@ port.on('message', async (msg: WorkerRequest) => {
   }
   const t0 = performance.now();
   try {
-    const out = await engine.run({ data: msg.data, n: msg.n });
+    const need = msg.n * windowBytes;
+    if (msg.rgb.length !== need) throw new Error(`batch of ${msg.n} windows needs ${need} bytes, got ${msg.rgb.length}`);
+    if (input.length < need) input = new Float32Array(need);
+    for (let i = 0; i < msg.n; i++) writeModelInput(msg.rgb.subarray(i * windowBytes, (i + 1) * windowBytes), size, input, i * windowBytes);
+    const out = await engine.run({ data: input.subarray(0, need), n: msg.n });
     const reply: WorkerReply = { type: 'result', id: msg.id, mask: out.mask, cls: out.cls, maskSize: out.maskSize, seconds: (performance.now() - t0) / 1000 };
-    // Hand the buffers back without copying; they came over the same way.
-    const transfer = [out.mask.buffer, out.cls.buffer, msg.data.buffer].filter((b, i, a) => a.indexOf(b) === i) as ArrayBuffer[];
+    // Hand the outputs back without copying.
+    const transfer = [out.mask.buffer, out.cls.buffer].filter((b, i, a) => a.indexOf(b) === i) as ArrayBuffer[];
     port.postMessage(reply, transfer);
   } catch (err) {
     port.postMessage({ type: 'error', id: msg.id, message: (err as Error).message } satisfies WorkerReply);

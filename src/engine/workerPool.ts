@@ -1,7 +1,7 @@
 import { EventEmitter, once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import type { Manifest } from '../model/manifest.js';
-import type { Device, EngineInput, EngineKind, EngineOutput } from './engine.js';
+import type { Device, EngineKind, EngineOutput } from './engine.js';
 import type { WorkerInit, WorkerReply } from './workerProtocol.js';
 
 export interface PoolOptions {
@@ -12,6 +12,12 @@ export interface PoolOptions {
   threads: number;
   workers: number;
   device?: Device;
+}
+
+/** n model windows as RGB bytes, size x size x 3 each (HWC). */
+export interface RgbBatch {
+  readonly data: Uint8Array;
+  readonly n: number;
 }
 
 export interface PoolResult extends EngineOutput {
@@ -106,8 +112,8 @@ export class EnginePool extends EventEmitter {
     return n;
   }
 
-  /** Runs a batch on an idle worker; the input buffer is transferred (unusable afterwards). */
-  run(input: EngineInput): Promise<PoolResult> {
+  /** Runs a batch of RGB windows on an idle worker; the buffer is transferred (unusable afterwards). */
+  run(input: RgbBatch): Promise<PoolResult> {
     const slot = this.slots.find((s) => !s.busy);
     if (!slot) return Promise.reject(new Error('no idle engine worker'));
     if (this.closed) return Promise.reject(new Error('engine pool closed'));
@@ -115,7 +121,7 @@ export class EnginePool extends EventEmitter {
     const id = this.nextId++;
     return new Promise<PoolResult>((resolve, reject) => {
       slot.pending = { id, resolve, reject };
-      slot.worker.postMessage({ type: 'run', id, data: input.data, n: input.n }, [input.data.buffer as ArrayBuffer]);
+      slot.worker.postMessage({ type: 'run', id, rgb: input.data, n: input.n }, [input.data.buffer as ArrayBuffer]);
     });
   }
 

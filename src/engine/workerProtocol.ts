@@ -9,7 +9,8 @@ export interface WorkerInit {
   device: Device;
 }
 
-export type WorkerRequest = { type: 'run'; id: number; data: Float32Array; n: number } | { type: 'dispose' };
+/** rgb: n windows of size x size RGB bytes (HWC); the worker normalises them into the engine's float input. */
+export type WorkerRequest = { type: 'run'; id: number; rgb: Uint8Array; n: number } | { type: 'dispose' };
 
 export type WorkerReply =
   | { type: 'ready'; engine: string }

@@ -1,13 +1,12 @@
 import { EventEmitter, once } from 'node:events';
-import type { EngineInput } from '../engine/engine.js';
-import type { PoolResult } from '../engine/workerPool.js';
+import type { PoolResult, RgbBatch } from '../engine/workerPool.js';
 import type { Metrics } from '../telemetry/metrics.js';
 
 /** What the batcher needs of an engine pool (an interface, so tests can drive it with a fake). */
 export interface BatchRunner {
   readonly size: number;
   idleCount(): number;
-  run(input: EngineInput): Promise<PoolResult>;
+  run(input: RgbBatch): Promise<PoolResult>;
   on(event: 'idle', listener: () => void): unknown;
 }
 
@@ -16,7 +15,7 @@ export interface BatcherOptions {
   maxDelayMs: number;
   /** Windows waiting, over all streams. */
   queueCapacity: number;
-  /** Floats per window: 3 * size * size. */
+  /** Bytes per window: size * size RGB. */
   inputLength: number;
   numClasses: number;
 }
@@ -31,7 +30,7 @@ export interface WindowResult {
 }
 
 interface Job {
-  data: Float32Array;
+  data: Uint8Array;
   enqueuedAt: number;
   signal?: AbortSignal;
   onAbort?: () => void;
@@ -84,11 +83,11 @@ export class Batcher extends EventEmitter {
     }
   }
 
-  /** Queues one window (NCHW floats of one model input). */
-  enqueue(data: Float32Array, signal?: AbortSignal): Promise<WindowResult> {
+  /** Queues one window: size x size RGB bytes (the engine worker normalises them). */
+  enqueue(data: Uint8Array, signal?: AbortSignal): Promise<WindowResult> {
     if (this.stopped) return Promise.reject(new BatcherStoppedError('server is shutting down'));
     if (data.length !== this.opts.inputLength) {
-      return Promise.reject(new Error(`window has ${data.length} values, expected ${this.opts.inputLength}`));
+      return Promise.reject(new Error(`window has ${data.length} bytes, expected ${this.opts.inputLength}`));
     }
     if (signal?.aborted) return Promise.reject(signal.reason as Error);
     return new Promise<WindowResult>((resolve, reject) => {
@@ -138,7 +137,7 @@ export class Batcher extends EventEmitter {
   private dispatch(jobs: Job[]): void {
     const n = jobs.length;
     const { inputLength, numClasses } = this.opts;
-    const batch = new Float32Array(n * inputLength);
+    const batch = new Uint8Array(n * inputLength);
     const now = performance.now();
     for (let i = 0; i < n; i++) {
       const job = jobs[i];

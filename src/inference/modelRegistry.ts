@@ -90,7 +90,7 @@ export class ModelRegistry {
       );
       pool.on('error', (err: Error) => this.log.error({ err, model: k }, 'engine worker failed'));
       // Warm-up: the first run pays for graph optimisation; do it before health says SERVING.
-      await pool.run({ data: new Float32Array(3 * size * size), n: 1 });
+      await pool.run({ data: new Uint8Array(3 * size * size), n: 1 });
       this.metrics.modelInfo.set({ name: manifest.name, version: manifest.version, engine: pool.engineName, trained: String(manifest.trained) }, 1);
       this.log.info({ model: k, engine: pool.engineName, workers: pool.size, threads: this.opts.threads, ms: Math.round(performance.now() - started) }, 'model loaded');
       return { manifest, dir, pool, batcher, isDefault };

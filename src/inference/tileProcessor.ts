@@ -1,7 +1,7 @@
 import { TileStatus, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
 import { decodeImage, encodeMaskPng, resizeLabels, resizeRgb, InvalidImageError, type RgbImage } from '../preprocess/decode.js';
 import { tissueMask } from '../preprocess/tissue.js';
-import { Blender, extractWindow, planWindows, WINDOW_OVERLAP, writeModelInput } from '../preprocess/tiling.js';
+import { Blender, extractWindow, planWindows, WINDOW_OVERLAP } from '../preprocess/tiling.js';
 import type { LoadedModel } from './modelRegistry.js';
 import type { SlideStain } from './slideStain.js';
 
@@ -179,9 +179,9 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
   const windows = planWindows(work.width, work.height, size, WINDOW_OVERLAP);
   const results = await Promise.all(
     windows.map((win) => {
-      const input = new Float32Array(3 * size * size);
-      writeModelInput(extractWindow(normalized, win, size), size, input, 0);
-      return model.batcher.enqueue(input, ctx.signal);
+      // A tile of exactly one window goes as it is; the batcher copies it into the batch.
+      const exact = windows.length === 1 && work.width === size && work.height === size;
+      return model.batcher.enqueue(exact ? normalized.data : extractWindow(normalized, win, size), ctx.signal);
     }),
   );
 

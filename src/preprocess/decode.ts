@@ -1,5 +1,5 @@
-import { decode as decodePng, encode as encodePng } from 'fast-png';
 import sharp, { type Metadata } from 'sharp';
+import { decodePlainPng, encodeGreyPng } from './maskPng.js';
 
 /** An 8-bit RGB image, channels interleaved (RGBRGB...), rows top to bottom. */
 export interface RgbImage {
@@ -37,27 +37,17 @@ function sniffFormat(b: Uint8Array): (typeof ACCEPTED_FORMATS)[number] | undefin
 }
 
 /**
- * PNG fast path: plain 8-bit PNGs (the usual lossless tile) decode in JS without sharp's per-call setup, which
- * costs more than the decode itself at tile sizes. Anything unusual (palette, transparency chunk, 16-bit, ICC
- * profile, EXIF orientation, a damaged stream) returns undefined and goes through sharp.
+ * PNG fast path: plain 8-bit PNGs (the usual lossless tile) decode with node's zlib, without sharp's per-call
+ * setup, which costs more than the decode itself at tile sizes. Anything unusual goes through sharp.
  */
-function decodePlainPng(bytes: Uint8Array, maxPixels: number): RgbImage | undefined {
-  if (bytes.length < 33) return undefined;
+function decodePngFast(bytes: Uint8Array, maxPixels: number): RgbImage | undefined {
+  if (bytes.length < 24) return undefined;
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const width = view.getUint32(16);
-  const height = view.getUint32(20);
-  if (width * height > maxPixels || Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).includes('eXIf')) return undefined;
-  let png;
-  try {
-    png = decodePng(bytes, { checkCrc: true });
-  } catch {
-    return undefined;
-  }
-  const { channels: ch, data } = png;
-  if (png.depth !== 8 || png.palette || png.transparency || png.iccEmbeddedProfile || ch < 1 || ch > 4 || data.length !== width * height * ch) {
-    return undefined;
-  }
-  if (ch === 3) return { data: data as Uint8Array, width, height };
+  if (view.getUint32(16) * view.getUint32(20) > maxPixels) return undefined;
+  const png = decodePlainPng(bytes);
+  if (!png) return undefined;
+  const { channels: ch, data, width, height } = png;
+  if (ch === 3) return { data, width, height };
   const n = width * height;
   const out = new Uint8Array(n * 3);
   const grey = ch <= 2;
@@ -114,7 +104,7 @@ export async function decodeImage(bytes: Uint8Array, limits: { maxPixels: number
   if (!(maxPixels > 0)) throw new RangeError(`maxPixels must be a positive number, got ${limits.maxPixels}`);
 
   const format = sniffFormat(bytes) ?? (await checkHeader(bytes, maxPixels));
-  const plain = format === 'png' ? decodePlainPng(bytes, maxPixels) : undefined;
+  const plain = format === 'png' ? decodePngFast(bytes, maxPixels) : undefined;
   if (plain) return plain;
   try {
     const { data, info } = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' })
@@ -190,7 +180,5 @@ export async function encodeMaskPng(labels: Uint8Array, width: number, height: n
   if (labels.length !== width * height) {
     throw new RangeError(`label buffer has ${labels.length} bytes, expected ${width}x${height}`);
   }
-  // fast-png, not sharp: every answer carries a mask, and sharp's per-call setup costs twice the whole encode here.
-  const png = encodePng({ width, height, data: labels, channels: 1, depth: 8 });
-  return Buffer.from(png.buffer, png.byteOffset, png.byteLength);
+  return encodeGreyPng(labels, width, height);
 }
