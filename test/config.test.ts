@@ -27,7 +27,7 @@ describe('loadConfig', () => {
     assert.equal(c.defaultModel, undefined);
     assert.equal(c.engine, 'onnx');
     assert.equal(c.threads, availableParallelism());
-    assert.equal(c.workers, 1);
+    assert.equal(c.workers, undefined, "unset: the server picks one engine per thread on cpu");
     assert.equal(c.maxBatch, 16);
     assert.equal(c.maxDelayMs, 4);
     assert.equal(c.queueCapacity, 256);

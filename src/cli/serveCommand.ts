@@ -15,7 +15,7 @@ export function registerServe(program: Command): void {
     .option('--engine <kind>', 'onnx or tfjs (HISTOSEG_ENGINE, default onnx)')
     .option('--device <device>', 'onnx engine device: cpu or cuda (HISTOSEG_DEVICE, default cpu)')
     .option('--threads <n>', 'engine threads in all (HISTOSEG_THREADS, default: CPU cores)')
-    .option('--workers <n>', 'engine worker threads (HISTOSEG_WORKERS, default 1)')
+    .option('--workers <n>', 'engine worker threads (HISTOSEG_WORKERS, default: one per thread on cpu, 1 on cuda)')
     .option('--max-batch <n>', 'largest batch (HISTOSEG_MAX_BATCH, default 16)')
     .option('--max-delay-ms <ms>', 'longest wait for a batch to fill (HISTOSEG_MAX_DELAY_MS, default 4)')
     .option('--queue-capacity <n>', 'windows queued over all streams before reads pause (HISTOSEG_QUEUE_CAPACITY, default 256)')

@@ -23,7 +23,12 @@ export const ConfigSchema = z
     device: z.enum(DEVICES).default('cpu'),
     /** Engine threads; the cores this process really has, so engines don't fight over them. */
     threads: z.coerce.number().int().min(1).max(256).default(availableParallelism()),
-    workers: z.coerce.number().int().min(1).max(64).default(1),
+    /**
+     * Engine worker threads, the threads above split between them. Unset: one single-threaded engine per thread
+     * on cpu (no intra-op barriers to stall when the cores are shared with decoding: measured 285 vs 262 tiles/s
+     * end to end on 2 cores), one engine on cuda.
+     */
+    workers: z.coerce.number().int().min(1).max(64).optional(),
     maxBatch: z.coerce.number().int().min(1).max(256).default(16),
     maxDelayMs: z.coerce.number().min(0).max(10_000).default(4),
     /** Windows waiting for the engine, over all streams; a stream's reads pause while it is full. */

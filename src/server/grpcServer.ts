@@ -60,7 +60,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       engine: config.engine,
       device: config.device,
       threads: config.threads,
-      workers: config.workers,
+      workers: config.workers ?? (config.device === 'cuda' ? 1 : config.threads),
       maxBatch: config.maxBatch,
       maxDelayMs: config.maxDelayMs,
       queueCapacity: config.queueCapacity,
