@@ -260,6 +260,25 @@ async function endToEnd(address: string, tiles: Tile[], streams: number, seconds
   };
 }
 
+/** One tile at a time on one stream: the latency a caller sees when the server is not saturated. */
+async function unloadedLatency(address: string, tiles: Tile[], count: number) {
+  const c = connect(address);
+  const call = c.segmentation.segmentTiles(c.metadata());
+  const times: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const t0 = performance.now();
+    const answered = once(call, 'data');
+    call.write({ options: undefined, tile: { ...tiles[i % tiles.length], tileId: String(i) } });
+    await answered;
+    times.push(performance.now() - t0);
+  }
+  call.end();
+  await once(call, 'end').catch(() => undefined);
+  c.close();
+  times.sort((a, b) => a - b);
+  return { tiles: count, p50_ms: percentile(times, 50), p99_ms: percentile(times, 99) };
+}
+
 // ---- main ----
 const started = new Date();
 log(`machine: ${cpus().length} x ${cpus()[0]?.model}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
@@ -285,9 +304,12 @@ const pids = [process.pid, child.pid!];
 const address = `127.0.0.1:${port}`;
 const e2e = [];
 let background_run;
+let unloaded: Awaited<ReturnType<typeof unloadedLatency>> | undefined;
 let rss = { peak_mib: NaN, now_mib: NaN };
 try {
   await endToEnd(address, tissue, 2, 1.5, pids); // warm-up
+  unloaded = await unloadedLatency(address, tissue, 300);
+  log(`unloaded latency, one tile at a time: p50 ${unloaded.p50_ms.toFixed(1)} ms, p99 ${unloaded.p99_ms.toFixed(1)} ms`);
   for (const s of opts.streams.split(',').map(Number)) {
     const r = await endToEnd(address, tissue, s, SECONDS, pids);
     e2e.push({ ...r, rss: peakRss(child.pid!) });
@@ -313,6 +335,7 @@ const result = {
   model_only: model,
   wasm,
   torch_reference: torch,
+  unloaded_latency: unloaded,
   end_to_end: e2e,
   background: background_run,
   peak_rss_mib: rss.peak_mib,
@@ -339,6 +362,7 @@ const md = [
   ...(Array.isArray(torch) ? torch.map((t) => `| PyTorch reference ${t.variant}, batch ${t.batch} | ${f1(t.tiles_per_s)} | onnx best = ${f1(best / t.tiles_per_s)}x |`) : [`| PyTorch reference | n/a | ${torch.error} |`]),
   ...(wasm ? [`| model-only ${wasm.engine}, batch ${wasm.batch} | ${f1(wasm.tiles_per_s)} | ${pct(wasm.tiles_per_s / at(8))} of onnx batch 8 |`] : []),
   ...e2e.map((e) => `| end-to-end gRPC, ${e.streams} stream(s), p50 ${e.p50_ms.toFixed(1)} ms, p99 ${e.p99_ms.toFixed(1)} ms; CPU/tile ${e.server_cpu_ms_per_tile.toFixed(2)} ms server + ${e.client_cpu_ms_per_tile.toFixed(2)} ms client (foreign ${e.foreign_cores.toFixed(2)}) | ${f1(e.tiles_per_s)} | ${pct(e.tiles_per_s / best)} of model-only best |`),
+  ...(unloaded ? [`| one tile at a time (unloaded latency): p50 ${unloaded.p50_ms.toFixed(1)} ms, p99 ${unloaded.p99_ms.toFixed(1)} ms | ${f1(1000 / unloaded.p50_ms)} | |`] : []),
   ...(background_run ? [`| background tiles, 8 streams, p50 ${background_run.p50_ms.toFixed(1)} ms | ${f1(background_run.tiles_per_s)} | |`] : []),
   ``,
   `Peak RSS of the server over the whole run (incl. 32 streams): ${rss.peak_mib.toFixed(0)} MiB.`,
