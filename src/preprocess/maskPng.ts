@@ -77,26 +77,40 @@ export function decodePlainPng(bytes: Uint8Array): { data: Uint8Array; width: nu
   }
   if (raw.length !== (stride + 1) * height) return undefined;
   const out = new Uint8Array(stride * height);
+  // One loop per filter type: a branch per byte would cost more than the arithmetic.
   for (let y = 0; y < height; y++) {
     const filter = raw[y * (stride + 1)];
     const src = y * (stride + 1) + 1;
     const row = y * stride;
     const prev = row - stride;
-    for (let x = 0; x < stride; x++) {
-      const a = x >= channels ? out[row + x - channels] : 0;
-      const up = y > 0 ? out[prev + x] : 0;
-      let v = raw[src + x];
-      if (filter === 1) v += a;
-      else if (filter === 2) v += up;
-      else if (filter === 3) v += (a + up) >> 1;
-      else if (filter === 4) {
-        const c = y > 0 && x >= channels ? out[prev + x - channels] : 0;
+    const first = y === 0;
+    if (filter === 0 || (filter === 2 && first)) {
+      out.set(raw.subarray(src, src + stride), row);
+    } else if (filter === 1 || (filter === 4 && first)) {
+      // Sub, and Paeth on the first row (its up and up-left are 0, so it picks the left byte).
+      for (let x = 0; x < channels; x++) out[row + x] = raw[src + x];
+      for (let x = channels; x < stride; x++) out[row + x] = raw[src + x] + out[row + x - channels];
+    } else if (filter === 2) {
+      for (let x = 0; x < stride; x++) out[row + x] = raw[src + x] + out[prev + x];
+    } else if (filter === 3) {
+      for (let x = 0; x < stride; x++) {
+        const a = x >= channels ? out[row + x - channels] : 0;
+        const up = first ? 0 : out[prev + x];
+        out[row + x] = raw[src + x] + ((a + up) >> 1);
+      }
+    } else if (filter === 4) {
+      for (let x = 0; x < channels; x++) out[row + x] = raw[src + x] + out[prev + x];
+      for (let x = channels; x < stride; x++) {
+        const a = out[row + x - channels];
+        const up = out[prev + x];
+        const c = out[prev + x - channels];
         const pa = Math.abs(up - c);
         const pb = Math.abs(a - c);
         const pc = Math.abs(a + up - 2 * c);
-        v += pa <= pb && pa <= pc ? a : pb <= pc ? up : c;
-      } else if (filter !== 0) return undefined;
-      out[row + x] = v;
+        out[row + x] = raw[src + x] + (pa <= pb && pa <= pc ? a : pb <= pc ? up : c);
+      }
+    } else {
+      return undefined;
     }
   }
   return { data: out, width, height, channels };
