@@ -7,6 +7,7 @@ import { registerSynth } from '../training/synthCommand.js';
 import { registerEvaluate } from '../evaluation/evaluateCommand.js';
 import { registerIngest } from '../training/ingestCommand.js';
 import { registerPrepare } from '../training/prepareCommand.js';
+import { registerTrain } from '../training/trainCommand.js';
 
 // Each area registers its own commands; this file only assembles them.
 const program = new Command()
@@ -19,6 +20,7 @@ registerSegment(program);
 registerSynth(program);
 registerIngest(program);
 registerPrepare(program);
+registerTrain(program);
 registerEvaluate(program);
 registerInitModel(program);
 registerImportWeights(program);
