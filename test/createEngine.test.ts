@@ -5,12 +5,12 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { createEngine } from '../src/engine/createEngine.js';
-import type { EngineKind } from '../src/engine/engine.js';
+import { relativeL2, type EngineKind } from '../src/engine/engine.js';
 import { selectTfBackend } from '../src/engine/tfjsBackend.js';
 import { buildSegClsModel } from '../src/model/architecture.js';
 import { BACH_CLASSES } from '../src/model/constants.js';
-import type { Manifest } from '../src/model/manifest.js';
 import { resolveModel, saveModelVersion, type ModelEntry } from '../src/model/repository.js';
+import { testManifest } from './support/manifest.js';
 
 let root: string;
 let entry: ModelEntry;
@@ -18,21 +18,7 @@ let entry: ModelEntry;
 before(async () => {
   assert.equal(await selectTfBackend(), 'wasm');
   root = await mkdtemp(join(tmpdir(), 'histoseg-engine-'));
-  const manifest: Manifest = {
-    schema: 1,
-    name: 'test-model',
-    version: '1.0.0',
-    architecture: 'resnet18-layer3-segcls',
-    classes: BACH_CLASSES.map((c) => ({ ...c })),
-    inputSize: 128,
-    mpp: 7.5,
-    trained: false,
-    stainReference: null,
-    createdAt: '2026-01-01T00:00:00Z',
-    lineage: { parent: null, datasetHash: null, settings: {} },
-    metrics: {},
-    files: { tfjs: 'tfjs/model.json', onnx: 'model.onnx' },
-  };
+  const manifest = testManifest({ classes: BACH_CLASSES.map((c) => ({ ...c })) });
   const model = buildSegClsModel({ numClasses: 4, seed: 5 });
   await saveModelVersion(root, manifest, model);
   await assert.rejects(saveModelVersion(root, manifest, model), /already exists/);
@@ -62,13 +48,8 @@ test('both engines load the saved version and agree', async () => {
     x.dispose();
     const a = await onnx.run({ data, n: 1 });
     const b = await tfjs.run({ data, n: 1 });
-    let num = 0;
-    let den = 0;
-    b.mask.forEach((v, i) => {
-      num += (a.mask[i] - v) ** 2;
-      den += v ** 2;
-    });
-    assert.ok(Math.sqrt(num / den) < 1e-4, `mask relative L2 ${Math.sqrt(num / den)}`);
+    const err = relativeL2(a.mask, b.mask);
+    assert.ok(err < 1e-4, `mask relative L2 ${err}`);
     assert.equal(a.cls.length, 4);
   } finally {
     await onnx.dispose();

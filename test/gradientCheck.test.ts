@@ -4,6 +4,7 @@ import * as tf from '@tensorflow/tfjs';
 import { selectTfBackend } from '../src/engine/tfjsBackend.js';
 import { registerWasmTrainingKernels } from '../src/engine/wasmGradKernels.js';
 import { BN_EPSILON, BN_MOMENTUM } from '../src/model/constants.js';
+import { rng } from './support/random.js';
 
 /**
  * Whole-backward-pass check on a small variant of the paper's model (the layer types of src/model/architecture.ts:
@@ -24,17 +25,6 @@ const MAX_REL_ERR = 1e-2;
 const DIRECTIONS = 4;
 /** Small enough that a step rarely crosses a ReLU or max-pool kink, large against float64 rounding. */
 const FD_STEP = 1e-6;
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function gaussian(rand: () => number): number {
   return Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());

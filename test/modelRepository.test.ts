@@ -13,29 +13,11 @@ import {
   modelFilePath,
   resolveModel,
 } from '../src/model/repository.js';
+import { testManifest } from './support/manifest.js';
 
 let root: string;
 
-function manifest(name: string, version: string): Manifest {
-  return {
-    schema: 1,
-    name,
-    version,
-    architecture: 'resnet18-layer3-segcls',
-    classes: [
-      { name: 'a', color: '#000000' },
-      { name: 'b', color: '#ffffff' },
-    ],
-    inputSize: 128,
-    mpp: 7.5,
-    trained: false,
-    stainReference: null,
-    createdAt: '2026-01-01T00:00:00Z',
-    lineage: { parent: null, datasetHash: null, settings: {} },
-    metrics: {},
-    files: { tfjs: 'tfjs/model.json', onnx: 'model.onnx' },
-  };
-}
+const manifest = (name: string, version: string): Manifest => testManifest({ name, version });
 
 async function addVersion(r: string, name: string, version: string, m = manifest(name, version)): Promise<void> {
   await mkdir(join(r, name, version), { recursive: true });

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import onnxProto from 'onnx-proto';
+import { relativeL2 } from '../src/engine/engine.js';
 import { OnnxEngine } from '../src/engine/onnxEngine.js';
 import { selectTfBackend } from '../src/engine/tfjsBackend.js';
 import { TfjsEngine } from '../src/engine/tfjsEngine.js';
@@ -26,17 +27,6 @@ function randomizeBatchNorm(model: tf.LayersModel, seed: number): void {
     layer.setWeights([gamma, beta, mean, variance]);
     tf.dispose([gamma, beta, mean, variance]);
   }
-}
-
-function relativeL2(a: Float32Array, b: Float32Array): number {
-  assert.equal(a.length, b.length);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / den);
 }
 
 test('ONNX export (BN folded) matches TF.js on a random batch of 2', async (t) => {

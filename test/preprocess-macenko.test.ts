@@ -14,6 +14,7 @@ import {
   symmetricEigen3,
   type StainParams,
 } from '../src/preprocess/macenko.js';
+import { rng } from './support/random.js';
 
 const sourcePath = fileURLToPath(new URL('../../shared/data/stain/he_source.png', import.meta.url));
 const targetPath = fileURLToPath(new URL('../../shared/data/stain/he_target.png', import.meta.url));
@@ -28,19 +29,9 @@ const E1 = unit([0.2159, 0.8012, 0.5581]);
 const H2 = unit([0.65, 0.7, 0.29]);
 const E2 = unit([0.3, 0.85, 0.45]);
 
-function mulberry32(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Concentrations: 20% pure H, 20% pure E, 50% mixtures, 10% glass. */
 function concentrations(n: number, seed: number): Float64Array {
-  const rnd = mulberry32(seed);
+  const rnd = rng(seed);
   const c = new Float64Array(2 * n);
   for (let i = 0; i < n; i++) {
     const k = rnd();

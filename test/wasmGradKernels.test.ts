@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
+import { relativeL2 } from '../src/engine/engine.js';
 import { selectTfBackend } from '../src/engine/tfjsBackend.js';
 import {
   conv2DBackpropFilterConfig,
@@ -12,36 +13,15 @@ import {
   tileConfig,
   unregisterWasmTrainingKernels,
 } from '../src/engine/wasmGradKernels.js';
+import { rng } from './support/random.js';
 
 type Pad = 'same' | 'valid' | number | tf.backend_util.ExplicitPadding;
 type Shape4 = [number, number, number, number];
 
 const MAX_REL_L2 = 1e-4;
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function randomArray(size: number, rand: () => number, lo = -1, hi = 1): Float32Array {
   return Float32Array.from({ length: size }, () => lo + (hi - lo) * rand());
-}
-
-function relL2(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  assert.equal(actual.length, expected.length, 'length');
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < expected.length; i++) {
-    num += (actual[i] - expected[i]) ** 2;
-    den += expected[i] ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
 }
 
 interface ConvCase {
@@ -152,7 +132,7 @@ describe('wasm gradient kernels', () => {
       const x = randomArray(tf.util.sizeFromShape(c.x), rand);
       const w = randomArray(c.k[0] * c.k[1] * c.x[3] * c.co, rand);
       const y = tf.tidy(() => tf.conv2d(tf.tensor4d(x, c.x), tf.tensor4d(w, [c.k[0], c.k[1], c.x[3], c.co]), c.stride, c.pad).dataSync());
-      assert.ok(relL2(y, refConv(c, x, w)) < MAX_REL_L2, label(c));
+      assert.ok(relativeL2(y, refConv(c, x, w)) < MAX_REL_L2, label(c));
     }
   });
 
@@ -172,7 +152,7 @@ describe('wasm gradient kernels', () => {
       });
       assert.equal(liveDataIds(), live + 1, `leaked buffers: ${label(c)}`);
       assert.deepEqual(dw.shape, [c.k[0], c.k[1], c.x[3], c.co]);
-      const err = relL2(dw.dataSync(), refFilterGrad(c, x, dy));
+      const err = relativeL2(dw.dataSync(), refFilterGrad(c, x, dy));
       assert.ok(err < MAX_REL_L2, `${label(c)}: rel L2 ${err}`);
       tf.dispose([xt, dyt, dw]);
     }
@@ -194,7 +174,7 @@ describe('wasm gradient kernels', () => {
       });
       assert.equal(liveDataIds(), live + 1, `leaked buffers: ${label(c)}`);
       assert.deepEqual(dx.shape, c.x);
-      const err = relL2(dx.dataSync(), refInputGrad(c, w, dy));
+      const err = relativeL2(dx.dataSync(), refInputGrad(c, w, dy));
       assert.ok(err < MAX_REL_L2, `${label(c)}: rel L2 ${err}`);
       tf.dispose([wt, dyt, dx]);
     }
@@ -211,8 +191,8 @@ describe('wasm gradient kernels', () => {
       const f = (a: tf.Tensor, b: tf.Tensor) => tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.stride, c.pad);
       return tf.grads(f)([tf.tensor4d(x, c.x), tf.tensor4d(w, [3, 3, 4, 5])], tf.tensor(dy, info.outShape)).map((g) => g.dataSync());
     });
-    assert.ok(relL2(gx, refInputGrad(c, w, dy)) < MAX_REL_L2);
-    assert.ok(relL2(gw, refFilterGrad(c, x, dy)) < MAX_REL_L2);
+    assert.ok(relativeL2(gx, refInputGrad(c, w, dy)) < MAX_REL_L2);
+    assert.ok(relativeL2(gw, refFilterGrad(c, x, dy)) < MAX_REL_L2);
   });
 });
 
@@ -278,7 +258,7 @@ describe('wasm MaxPoolGrad', () => {
         const dyt = tf.tensor(dy, y.shape);
         const dx = runKernel(tf.MaxPoolGrad, { dy: dyt, input: xt, output: y }, { filterSize: c.size, strides: c.stride, pad: c.pad });
         const expected = refMaxPoolGrad(c, x, dy);
-        const err = relL2(dx.dataSync(), expected);
+        const err = relativeL2(dx.dataSync(), expected);
         assert.ok(err < MAX_REL_L2, `${input.name} x ${c.x.join('x')} pool ${c.size} stride ${c.stride} pad ${c.pad}: rel L2 ${err}`);
         // Every window routes its gradient somewhere: nothing is lost, whatever the sign.
         const total = dy.reduce((a, v) => a + v, 0);
@@ -351,7 +331,7 @@ describe('wasm Tile, Sum and Mean', () => {
           const at = keptStrides.length === 0 ? 0 : tf.util.locToIndex(loc, keptShape.length, keptStrides);
           expected[at] += op === 'sum' ? values[i] : values[i] / count;
         }
-        const err = relL2(y.dataSync(), expected);
+        const err = relativeL2(y.dataSync(), expected);
         assert.ok(err < MAX_REL_L2, `${op} ${c.shape} axis ${c.axis}: rel L2 ${err}`);
         tf.dispose([x, y]);
       }

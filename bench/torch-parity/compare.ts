@@ -2,6 +2,7 @@
 // Usage: npx tsx bench/torch-parity/compare.ts <folder written by export_reference.py>
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { relativeL2 } from '../../src/engine/engine.js';
 import { OnnxEngine } from '../../src/engine/onnxEngine.js';
 import { selectTfBackend } from '../../src/engine/tfjsBackend.js';
 import { TfjsEngine } from '../../src/engine/tfjsEngine.js';
@@ -15,15 +16,6 @@ const floats = async (name: string) => {
   const b = await readFile(join(dir, name));
   return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
 };
-const relL2 = (a: Float32Array, b: Float32Array) => {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / den);
-};
 
 const backend = await selectTfBackend();
 const model = buildSegClsModel({ numClasses: 4 });
@@ -35,7 +27,7 @@ const input = { data: await floats('input.bin'), n: 2 };
 const [mask, cls] = [await floats('mask.bin'), await floats('cls.bin')];
 for (const engine of [tfjs, onnx]) {
   const out = await engine.run(input);
-  console.log(`${engine.name} vs torch: relative L2 mask ${relL2(out.mask, mask).toExponential(2)}, cls ${relL2(out.cls, cls).toExponential(2)}`);
+  console.log(`${engine.name} vs torch: relative L2 mask ${relativeL2(out.mask, mask).toExponential(2)}, cls ${relativeL2(out.cls, cls).toExponential(2)}`);
 }
 await onnx.dispose();
 await tfjs.dispose();

@@ -35,3 +35,17 @@ export const ENGINE_KINDS = ['onnx', 'tfjs'] as const;
 export const DEVICES = ['cpu', 'cuda'] as const;
 export type Device = (typeof DEVICES)[number];
 export type EngineKind = (typeof ENGINE_KINDS)[number];
+
+/** ||actual - expected|| / ||expected||: how parity checks compare one engine's outputs with a reference's. */
+export function relativeL2(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+  if (actual.length !== expected.length) {
+    throw new Error(`relativeL2: lengths differ (${actual.length} vs ${expected.length})`);
+  }
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < expected.length; i++) {
+    num += (actual[i]! - expected[i]!) ** 2;
+    den += expected[i]! ** 2;
+  }
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}

@@ -43,28 +43,24 @@ function outShape(x: tf.TensorInfo, axis: number | number[], keepDims: boolean):
   return keepDims ? x.shape.map((d, i) => (axes.includes(i) ? 1 : d)) : x.shape.filter((_, i) => !axes.includes(i));
 }
 
-function mean(args: KernelArgs): tf.TensorInfo {
+/** Mean, or Sum as the mean times the count, over leading axes; other reductions go to the native kernel. */
+function leadingReduce(kernelName: typeof tf.Mean | typeof tf.Sum, args: KernelArgs): tf.TensorInfo {
   const backend = args.backend as BackendWasm;
-  const { x } = kernelInputs(tf.Mean, args, 'x');
-  const { axis, keepDims } = args.attrs as unknown as tf.MeanAttrs;
+  const { x } = kernelInputs(kernelName, args, 'x');
+  const { axis, keepDims } = args.attrs as unknown as tf.MeanAttrs & tf.SumAttrs;
   const split = leadingSplit(x, axis);
-  if (split === undefined) return runNativeKernel(backend, tf.Mean, args.inputs, args.attrs ?? {});
+  if (split === undefined) return runNativeKernel(backend, kernelName, args.inputs, args.attrs ?? {});
   const out = leadingMean(backend, x, split);
+  if (kernelName === tf.Sum) {
+    const { heap, offsets } = heapF32(backend, out);
+    const count = split.outer * split.inner;
+    for (let i = offsets[0]; i < offsets[0] + split.rest; i++) heap[i] *= count;
+  }
   return { ...out, shape: outShape(x, axis, keepDims) };
 }
 
-function sum(args: KernelArgs): tf.TensorInfo {
-  const backend = args.backend as BackendWasm;
-  const { x } = kernelInputs(tf.Sum, args, 'x');
-  const { axis, keepDims } = args.attrs as unknown as tf.SumAttrs;
-  const split = leadingSplit(x, axis);
-  if (split === undefined) return runNativeKernel(backend, tf.Sum, args.inputs, args.attrs ?? {});
-  const out = leadingMean(backend, x, split);
-  const { heap, offsets } = heapF32(backend, out);
-  const count = split.outer * split.inner;
-  for (let i = offsets[0]; i < offsets[0] + split.rest; i++) heap[i] *= count;
-  return { ...out, shape: outShape(x, axis, keepDims) };
-}
+const mean = (args: KernelArgs) => leadingReduce(tf.Mean, args);
+const sum = (args: KernelArgs) => leadingReduce(tf.Sum, args);
 
 export const meanConfig: tf.KernelConfig = { kernelName: tf.Mean, backendName: WASM, kernelFunc: mean };
 export const sumConfig: tf.KernelConfig = { kernelName: tf.Sum, backendName: WASM, kernelFunc: sum };

@@ -47,6 +47,18 @@ export function classIndexOf(
   return i >= 0 ? i : aliases[key];
 }
 
+/** classIndexOf that fails naming the region (`what`) and the known classes. */
+function requireClassIndex(
+  name: string,
+  classes: readonly string[],
+  aliases: Readonly<Record<string, number>> | undefined,
+  what: string,
+): number {
+  const classIndex = classIndexOf(name, classes, aliases);
+  if (classIndex === undefined) throw new Error(`${what} has unknown class "${name}" (known: ${classes.join(', ')})`);
+  return classIndex;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Rasterising
 
@@ -112,6 +124,21 @@ export async function rasterisePolygons(
   const ch = info.channels;
   for (let i = 0; i < labels.length; i++) labels[i] = data[i * ch]!;
   return labels;
+}
+
+/**
+ * Checks parsed polygons (annotation coordinates) against the slide, then rasterises them into a width x height
+ * label map; `scale` is label-map pixels per annotation unit, `source` names the file in errors.
+ */
+export async function rasteriseAnnotations(
+  polygons: readonly (LabelledPolygon & { where: string })[],
+  width: number,
+  height: number,
+  scale: number,
+  source: string,
+): Promise<Uint8Array> {
+  checkAnnotationBounds(polygons, width / scale, height / scale, source);
+  return rasterisePolygons(polygons, width, height, scale);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -209,10 +236,7 @@ export function parseGeoJson(
     }
     const name = f.data.properties?.classification?.name;
     if (name === undefined) throw new Error(`${source}: ${where} has no properties.classification.name`);
-    const classIndex = classIndexOf(name, classes, opts.aliases);
-    if (classIndex === undefined) {
-      throw new Error(`${source}: ${where} has unknown class "${name}" (known: ${classes.join(', ')})`);
-    }
+    const classIndex = requireClassIndex(name, classes, opts.aliases, `${source}: ${where}`);
     const polys = geometry.type === 'Polygon' ? [geometry.coordinates] : geometry.coordinates;
     for (const poly of polys) out.push({ classIndex, rings: poly.map(toRing), where });
   });
@@ -227,10 +251,7 @@ export async function geoJsonToLabels(
   classes: readonly string[],
   opts: RasterOptions = {},
 ): Promise<Uint8Array> {
-  const scale = opts.scale ?? 1;
-  const polygons = parseGeoJson(doc, classes, opts);
-  checkAnnotationBounds(polygons, width / scale, height / scale, opts.source ?? 'GeoJSON');
-  return rasterisePolygons(polygons, width, height, scale);
+  return rasteriseAnnotations(parseGeoJson(doc, classes, opts), width, height, opts.scale ?? 1, opts.source ?? 'GeoJSON');
 }
 
 const closeRing = (r: Ring): Ring =>
@@ -326,10 +347,7 @@ export function parseBachXml(
       }
       const name = (reg['@_Text'] ?? '').trim() || (ann['@_Name'] ?? '').trim();
       if (!name) throw new Error(`${source}: ${where} has no class (empty Text and Annotation Name)`);
-      const classIndex = classIndexOf(name, classes, opts.aliases);
-      if (classIndex === undefined) {
-        throw new Error(`${source}: ${where} has unknown class "${name}" (known: ${classes.join(', ')})`);
-      }
+      const classIndex = requireClassIndex(name, classes, opts.aliases, `${source}: ${where}`);
       current = { classIndex, rings: [ring], where };
       out.push(current);
     });
@@ -345,10 +363,7 @@ export async function bachXmlToLabels(
   classes: readonly string[],
   opts: RasterOptions = {},
 ): Promise<Uint8Array> {
-  const scale = opts.scale ?? 1;
-  const polygons = parseBachXml(xml, classes, opts);
-  checkAnnotationBounds(polygons, width / scale, height / scale, opts.source ?? 'XML');
-  return rasterisePolygons(polygons, width, height, scale);
+  return rasteriseAnnotations(parseBachXml(xml, classes, opts), width, height, opts.scale ?? 1, opts.source ?? 'XML');
 }
 
 function xmlEscape(s: string): string {

@@ -5,7 +5,7 @@
 import { readdir, stat } from 'node:fs/promises';
 import { basename, extname, join } from 'node:path';
 import { classIndexOf, normaliseClassName } from './annotations.js';
-import { checkLabelSource, type Dataset, readDatasetJson, readPatchFolders, type SlideEntry } from './dataset.js';
+import { checkLabelSource, type Dataset, readDatasetJson, readPatchFolders, type SlideEntry, slideEntry } from './dataset.js';
 import { openSlide } from './slideReader.js';
 
 /** BACH's four classes in label order (paper Sec. 1: normal 0 is also background). */
@@ -69,16 +69,7 @@ export async function readBachDataset(root: string): Promise<Dataset> {
     const info = await openSlide(image);
     const labels = { kind: 'bach-xml' as const, path: join(wsiDir, `${name}.xml`) };
     await checkLabelSource(labels, info.width, info.height, classes, aliases);
-    const entry = json?.slides[name];
-    slides.push({
-      name,
-      image,
-      width: info.width,
-      height: info.height,
-      mpp: entry?.mpp ?? info.mpp ?? json?.mpp ?? BACH_WSI_MPP,
-      split: entry?.split ?? null,
-      labels,
-    });
+    slides.push(slideEntry(name, image, info, labels, json, BACH_WSI_MPP));
   }
   for (const name of xmls) {
     if (!files.some((f) => basename(f, extname(f)) === name && extname(f).toLowerCase() === '.svs')) {

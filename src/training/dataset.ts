@@ -12,13 +12,13 @@ import { z } from 'zod';
 import { type LabelMap, readLabelMap, writeLabelMap } from '../evaluation/labelMap.js';
 import { resizeLabels } from '../preprocess/decode.js';
 import {
-  bachXmlToLabels,
   checkAnnotationBounds,
   classIndexOf,
-  geoJsonToLabels,
+  type LabelledPolygon,
   parseBachXml,
   parseGeoJson,
   polygonsToGeoJson,
+  rasteriseAnnotations,
 } from './annotations.js';
 import { openSlide } from './slideReader.js';
 
@@ -183,6 +183,15 @@ export async function checkLabelSource(
     }
     return;
   }
+  checkAnnotationBounds(await readAnnotationPolygons(source, classes, aliases), width, height, source.path);
+}
+
+/** Reads and parses a polygon annotation file (GeoJSON or BACH XML); errors name the file. */
+async function readAnnotationPolygons(
+  source: Exclude<LabelSource, { kind: 'mask' }>,
+  classes: readonly string[],
+  aliases: Record<string, number>,
+): Promise<(LabelledPolygon & { where: string })[]> {
   let text: string;
   try {
     text = await readFile(source.path, 'utf8');
@@ -190,19 +199,38 @@ export async function checkLabelSource(
     throw new Error(`unreadable annotation file ${source.path}: ${(err as Error).message}`);
   }
   const opts = { source: source.path, aliases };
-  let polygons;
-  if (source.kind === 'geojson') {
-    let doc: unknown;
-    try {
-      doc = JSON.parse(text);
-    } catch (err) {
-      throw new Error(`${source.path}: not JSON: ${(err as Error).message}`);
-    }
-    polygons = parseGeoJson(doc, classes, opts);
-  } else {
-    polygons = parseBachXml(text, classes, opts);
+  if (source.kind === 'bach-xml') return parseBachXml(text, classes, opts);
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${source.path}: not JSON: ${(err as Error).message}`);
   }
-  checkAnnotationBounds(polygons, width, height, source.path);
+  return parseGeoJson(doc, classes, opts);
+}
+
+/**
+ * A slide's entry; its mpp is, in order: dataset.json's entry for it, the file's own, dataset.json's default, then
+ * `fallbackMpp`.
+ */
+export function slideEntry(
+  name: string,
+  image: string,
+  info: { width: number; height: number; mpp: number | null },
+  labels: LabelSource,
+  json: DatasetJson | null,
+  fallbackMpp: number | null,
+): SlideEntry {
+  const entry = json?.slides[name];
+  return {
+    name,
+    image,
+    width: info.width,
+    height: info.height,
+    mpp: entry?.mpp ?? info.mpp ?? json?.mpp ?? fallbackMpp,
+    split: entry?.split ?? null,
+    labels,
+  };
 }
 
 /** Reads and validates a dataset in the generic layout. */
@@ -236,16 +264,7 @@ export async function readGenericDataset(root: string): Promise<Dataset> {
     else if (await exists(xml)) labels = { kind: 'bach-xml', path: xml };
     else throw new Error(`${image}: no labels: expected masks/${name}.png or annotations/${name}.geojson`);
     await checkLabelSource(labels, info.width, info.height, classes, {});
-    const entry = json?.slides[name];
-    slides.push({
-      name,
-      image,
-      width: info.width,
-      height: info.height,
-      mpp: entry?.mpp ?? info.mpp ?? json?.mpp ?? null,
-      split: entry?.split ?? null,
-      labels,
-    });
+    slides.push(slideEntry(name, image, info, labels, json, null));
   }
   for (const name of Object.keys(json?.slides ?? {})) {
     if (!names.has(name)) throw new Error(`${join(root, DATASET_JSON)}: slide "${name}" is not in slides/`);
@@ -290,26 +309,8 @@ export async function loadSlideLabels(
     if (width === map.width && height === map.height) return map;
     return { labels: await resizeLabels(map.labels, map.width, map.height, width, height), width, height };
   }
-  let text: string;
-  try {
-    text = await readFile(src.path, 'utf8');
-  } catch (err) {
-    throw new Error(`unreadable annotation file ${src.path}: ${(err as Error).message}`);
-  }
-  const opts = { scale: width / slide.width, source: src.path, aliases: dataset.aliases };
-  let labels: Uint8Array;
-  if (src.kind === 'geojson') {
-    let doc: unknown;
-    try {
-      doc = JSON.parse(text);
-    } catch (err) {
-      throw new Error(`${src.path}: not JSON: ${(err as Error).message}`);
-    }
-    labels = await geoJsonToLabels(doc, width, height, dataset.classes, opts);
-  } else {
-    labels = await bachXmlToLabels(text, width, height, dataset.classes, opts);
-  }
-  return { labels, width, height };
+  const polygons = await readAnnotationPolygons(src, dataset.classes, dataset.aliases);
+  return { labels: await rasteriseAnnotations(polygons, width, height, width / slide.width, src.path), width, height };
 }
 
 /**

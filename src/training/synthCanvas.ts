@@ -36,6 +36,20 @@ export class SlideCanvas {
     return x >= 0 && y >= 0 && x < this.width && y < this.height;
   }
 
+  /**
+   * Visits, row by row, the canvas pixels of the square of half-side `ext` around pixel (floor x, floor y): fn gets
+   * the pixel's index and coordinates and its centre's offset (dx, dy) from (x, y).
+   */
+  forEachNear(x: number, y: number, ext: number, fn: (i: number, px: number, py: number, dx: number, dy: number) => void): void {
+    const x0 = Math.floor(x);
+    const y0 = Math.floor(y);
+    for (let py = y0 - ext; py <= y0 + ext; py++) {
+      for (let px = x0 - ext; px <= x0 + ext; px++) {
+        if (this.inside(px, py)) fn(py * this.width + px, px, py, px + 0.5 - x, py + 0.5 - y);
+      }
+    }
+  }
+
   /** Moves eosin at pixel i toward `value` by coverage `cov` (0..1): anti-aliased painting. */
   blendE(i: number, value: number, cov: number): void {
     this.e[i] = this.e[i]! + (value - this.e[i]!) * cov;

@@ -94,32 +94,24 @@ function drawDuct(c: SlideCanvas, rng: Rng, s: DuctSpec): void {
   const sa = Math.sin(s.angle);
   const stretch = 1 + s.ecc;
   const ext = Math.ceil((s.r + 1.5) * stretch) + 1;
-  const x0 = Math.floor(s.x);
-  const y0 = Math.floor(s.y);
-  for (let py = y0 - ext; py <= y0 + ext; py++) {
-    for (let px = x0 - ext; px <= x0 + ext; px++) {
-      if (!c.inside(px, py)) continue;
-      const dx = px + 0.5 - s.x;
-      const dy = py + 0.5 - s.y;
-      const u = dx * ca + dy * sa;
-      const v = -dx * sa + dy * ca;
-      const d = Math.hypot(u / stretch, v * stretch);
-      const i = py * c.width + px;
-      // Basement membrane: a faint denser band just outside the epithelium.
-      const rim = clamp01(s.r + 0.8 - d + 0.5) - clamp01(s.r - d + 0.5);
-      if (rim > 0) c.blendE(i, STROMA_EOSIN * 1.35, rim * 0.6);
-      const covOuter = clamp01(s.r - d + 0.5);
-      if (covOuter <= 0) continue;
-      c.blendE(i, CYTOPLASM_EOSIN, covOuter);
-      if (covOuter > 0.4) c.occupant[i] = OCCUPANT_EPITHELIUM;
-      const covLumen = clamp01(s.lumen - d + 0.5);
-      if (covLumen > 0) {
-        c.blendE(i, s.lumenE, covLumen);
-        c.h[i] = c.h[i]! * (1 - covLumen);
-        if (covLumen > 0.5) c.occupant[i] = OCCUPANT_LUMEN;
-      }
+  c.forEachNear(s.x, s.y, ext, (i, _px, _py, dx, dy) => {
+    const u = dx * ca + dy * sa;
+    const v = -dx * sa + dy * ca;
+    const d = Math.hypot(u / stretch, v * stretch);
+    // Basement membrane: a faint denser band just outside the epithelium.
+    const rim = clamp01(s.r + 0.8 - d + 0.5) - clamp01(s.r - d + 0.5);
+    if (rim > 0) c.blendE(i, STROMA_EOSIN * 1.35, rim * 0.6);
+    const covOuter = clamp01(s.r - d + 0.5);
+    if (covOuter <= 0) return;
+    c.blendE(i, CYTOPLASM_EOSIN, covOuter);
+    if (covOuter > 0.4) c.occupant[i] = OCCUPANT_EPITHELIUM;
+    const covLumen = clamp01(s.lumen - d + 0.5);
+    if (covLumen > 0) {
+      c.blendE(i, s.lumenE, covLumen);
+      c.h[i] = c.h[i]! * (1 - covLumen);
+      if (covLumen > 0.5) c.occupant[i] = OCCUPANT_LUMEN;
     }
-  }
+  });
   for (let l = 0; l < s.layers; l++) {
     const rho = s.lumen + ((l + 0.5) * (s.r - s.lumen)) / s.layers;
     const n = Math.max(3, Math.round((2 * Math.PI * rho) / s.spacing));
@@ -144,19 +136,12 @@ function forOutline(
   fn: (i: number, cov: number, rel: number) => void,
 ): void {
   const ext = Math.ceil(maxR) + 2;
-  const x0 = Math.floor(x);
-  const y0 = Math.floor(y);
-  for (let py = y0 - ext; py <= y0 + ext; py++) {
-    for (let px = x0 - ext; px <= x0 + ext; px++) {
-      if (!c.inside(px, py)) continue;
-      const dx = px + 0.5 - x;
-      const dy = py + 0.5 - y;
-      const d = Math.hypot(dx, dy);
-      const rr = outline(Math.atan2(dy, dx));
-      const cov = clamp01(rr - d + 0.5);
-      if (cov > 0) fn(py * c.width + px, cov, d / rr);
-    }
-  }
+  c.forEachNear(x, y, ext, (i, _px, _py, dx, dy) => {
+    const d = Math.hypot(dx, dy);
+    const rr = outline(Math.atan2(dy, dx));
+    const cov = clamp01(rr - d + 0.5);
+    if (cov > 0) fn(i, cov, d / rr);
+  });
 }
 
 function setLabel(c: SlideCanvas, i: number, cls: number): void {
@@ -258,56 +243,48 @@ export function drawInSituDuct(c: SlideCanvas, rng: Rng, x: number, y: number, r
     }
   }
   const ext = Math.ceil((r + 2) * stretch) + 1;
-  const x0 = Math.floor(x);
-  const y0 = Math.floor(y);
   const spacing = rng.range(1.25, 1.55);
   const cellProb = 1 / (spacing * spacing);
-  for (let py = y0 - ext; py <= y0 + ext; py++) {
-    for (let px = x0 - ext; px <= x0 + ext; px++) {
-      if (!c.inside(px, py)) continue;
-      const dx = px + 0.5 - x;
-      const dy = py + 0.5 - y;
-      const u = dx * ca + dy * sa;
-      const v = -dx * sa + dy * ca;
-      const d = Math.hypot(u / stretch, v * stretch);
-      const i = py * c.width + px;
-      // Sharp rim: dense basement membrane and myoepithelium around the duct.
-      const rim = clamp01(r + 1.1 - d + 0.5) - clamp01(r - d + 0.5);
-      if (rim > 0) c.blendE(i, STROMA_EOSIN * 1.7, rim);
-      if (d < r + 1.5) setLabel(c, i, CLASS_IN_SITU);
-      const cov = clamp01(r - d + 0.5);
-      if (cov <= 0) continue;
-      c.occupant[i] = OCCUPANT_EPITHELIUM;
-      c.blendE(i, CYTOPLASM_EOSIN * 1.15, cov);
-      c.h[i] = c.h[i]! + 0.08 * cov;
-      if (cleft && d > r - 1.1 && d < r - 0.3) {
-        // Retraction artefact between the cells and the rim.
-        c.blendE(i, LUMEN_EOSIN * 3, 0.7);
-        continue;
-      }
-      if (d < necrosis) {
-        // Comedo necrosis: eosinophilic debris with karyorrhectic dust.
-        c.blendE(i, CYTOPLASM_EOSIN * 2.2, clamp01(necrosis - d + 0.5));
-        if (rng.next() < 0.12) c.nucleus(px + rng.next(), py + rng.next(), rng.range(0.2, 0.45));
-        continue;
-      }
-      let inHole = false;
-      for (const h of holes) {
-        const hd = Math.hypot(u - h.x, v - h.y);
-        if (hd < h.r + 0.5) {
-          const hc = clamp01(h.r - hd + 0.5);
-          c.blendE(i, LUMEN_EOSIN, hc);
-          c.h[i] = c.h[i]! * (1 - hc);
-          inHole = hd < h.r;
-          if (inHole) c.occupant[i] = OCCUPANT_LUMEN;
-        }
-      }
-      if (inHole || d > r - 0.3) continue;
-      if (rng.next() < cellProb) {
-        c.nucleus(px + rng.next(), py + rng.next(), grade * rng.range(0.55, 1.0), rng.next() < 0.4 ? 0.6 : 0);
+  c.forEachNear(x, y, ext, (i, px, py, dx, dy) => {
+    const u = dx * ca + dy * sa;
+    const v = -dx * sa + dy * ca;
+    const d = Math.hypot(u / stretch, v * stretch);
+    // Sharp rim: dense basement membrane and myoepithelium around the duct.
+    const rim = clamp01(r + 1.1 - d + 0.5) - clamp01(r - d + 0.5);
+    if (rim > 0) c.blendE(i, STROMA_EOSIN * 1.7, rim);
+    if (d < r + 1.5) setLabel(c, i, CLASS_IN_SITU);
+    const cov = clamp01(r - d + 0.5);
+    if (cov <= 0) return;
+    c.occupant[i] = OCCUPANT_EPITHELIUM;
+    c.blendE(i, CYTOPLASM_EOSIN * 1.15, cov);
+    c.h[i] = c.h[i]! + 0.08 * cov;
+    if (cleft && d > r - 1.1 && d < r - 0.3) {
+      // Retraction artefact between the cells and the rim.
+      c.blendE(i, LUMEN_EOSIN * 3, 0.7);
+      return;
+    }
+    if (d < necrosis) {
+      // Comedo necrosis: eosinophilic debris with karyorrhectic dust.
+      c.blendE(i, CYTOPLASM_EOSIN * 2.2, clamp01(necrosis - d + 0.5));
+      if (rng.next() < 0.12) c.nucleus(px + rng.next(), py + rng.next(), rng.range(0.2, 0.45));
+      return;
+    }
+    let inHole = false;
+    for (const h of holes) {
+      const hd = Math.hypot(u - h.x, v - h.y);
+      if (hd < h.r + 0.5) {
+        const hc = clamp01(h.r - hd + 0.5);
+        c.blendE(i, LUMEN_EOSIN, hc);
+        c.h[i] = c.h[i]! * (1 - hc);
+        inHole = hd < h.r;
+        if (inHole) c.occupant[i] = OCCUPANT_LUMEN;
       }
     }
-  }
+    if (inHole || d > r - 0.3) return;
+    if (rng.next() < cellProb) {
+      c.nucleus(px + rng.next(), py + rng.next(), grade * rng.range(0.55, 1.0), rng.next() < 0.4 ? 0.6 : 0);
+    }
+  });
   // Flattened myoepithelial nuclei along the rim.
   const n = Math.round((2 * Math.PI * r) / 2.2);
   for (let k = 0; k < n; k++) {
@@ -347,43 +324,35 @@ export function drawInvasive(c: SlideCanvas, rng: Rng, x: number, y: number, rad
   const cordScale = rng.range(10, 16);
   const desmo = STROMA_EOSIN * rng.range(0.6, 0.8);
   const ext = Math.ceil(radius * 1.9) + 4;
-  const x0 = Math.floor(x);
-  const y0 = Math.floor(y);
-  for (let py = y0 - ext; py <= y0 + ext; py++) {
-    for (let px = x0 - ext; px <= x0 + ext; px++) {
-      if (!c.inside(px, py)) continue;
-      const dx = px + 0.5 - x;
-      const dy = py + 0.5 - y;
-      const i = py * c.width + px;
-      if (c.occupant[i] !== 0 && c.occupant[i] !== OCCUPANT_EPITHELIUM) continue;
-      const rel = Math.hypot(dx, dy) / outline(Math.atan2(dy, dx));
-      // Potential: > 0 inside the tumour; the noise term makes the front ragged, with tongues into the stroma.
-      const p = 1 - rel + 0.45 * (fbm(px, py, 22, 3, sEdge) - 0.5);
-      if (p < -0.12) continue;
-      if (p > 0) setLabel(c, i, CLASS_INVASIVE);
-      const inner = smoothstep(-0.08, 0.2, p);
-      c.blendE(i, desmo, 0.75 * inner);
-      const nest = fbm(px, py, nestScale, 2, sNest);
-      const ridge = 1 - Math.abs(2 * fbm(px, py, cordScale, 2, sCord) - 1);
-      const cell = Math.max(smoothstep(nestThreshold, nestThreshold + 0.05, nest), smoothstep(0.84, 0.9, ridge));
-      const density = cell * inner * (0.55 + 0.6 * fbm(px, py, 30, 2, sDens));
-      if (density > 0.05) {
-        c.blendE(i, CYTOPLASM_EOSIN * 1.1, Math.min(1, density));
-        // Crowded nuclei below the resolution tint the whole nest purple.
-        c.h[i] = c.h[i]! + 0.1 * Math.min(1, density);
-        c.occupant[i] = OCCUPANT_EPITHELIUM;
-        if (rng.next() < 0.5 * density) {
-          // Pleomorphic: mass and size vary widely from cell to cell.
-          const amount = grade * 0.9 * Math.exp(0.35 * rng.normal());
-          c.nucleus(px + rng.next(), py + rng.next(), amount, rng.range(0.45, 1.0));
-        }
-      } else if (inner > 0.1 && rng.next() < 0.02 * inner) {
-        // Single infiltrating cells and activated fibroblasts in the desmoplastic stroma.
-        c.nucleus(px + rng.next(), py + rng.next(), grade * rng.range(0.6, 1.2), 0.6);
-      } else if (p < 0.05 && p > -0.12 && rng.next() < 0.05) {
-        // Lymphocytes at the invasive front.
-        c.nucleus(px + rng.next(), py + rng.next(), rng.range(0.6, 0.9));
+  c.forEachNear(x, y, ext, (i, px, py, dx, dy) => {
+    if (c.occupant[i] !== 0 && c.occupant[i] !== OCCUPANT_EPITHELIUM) return;
+    const rel = Math.hypot(dx, dy) / outline(Math.atan2(dy, dx));
+    // Potential: > 0 inside the tumour; the noise term makes the front ragged, with tongues into the stroma.
+    const p = 1 - rel + 0.45 * (fbm(px, py, 22, 3, sEdge) - 0.5);
+    if (p < -0.12) return;
+    if (p > 0) setLabel(c, i, CLASS_INVASIVE);
+    const inner = smoothstep(-0.08, 0.2, p);
+    c.blendE(i, desmo, 0.75 * inner);
+    const nest = fbm(px, py, nestScale, 2, sNest);
+    const ridge = 1 - Math.abs(2 * fbm(px, py, cordScale, 2, sCord) - 1);
+    const cell = Math.max(smoothstep(nestThreshold, nestThreshold + 0.05, nest), smoothstep(0.84, 0.9, ridge));
+    const density = cell * inner * (0.55 + 0.6 * fbm(px, py, 30, 2, sDens));
+    if (density > 0.05) {
+      c.blendE(i, CYTOPLASM_EOSIN * 1.1, Math.min(1, density));
+      // Crowded nuclei below the resolution tint the whole nest purple.
+      c.h[i] = c.h[i]! + 0.1 * Math.min(1, density);
+      c.occupant[i] = OCCUPANT_EPITHELIUM;
+      if (rng.next() < 0.5 * density) {
+        // Pleomorphic: mass and size vary widely from cell to cell.
+        const amount = grade * 0.9 * Math.exp(0.35 * rng.normal());
+        c.nucleus(px + rng.next(), py + rng.next(), amount, rng.range(0.45, 1.0));
       }
+    } else if (inner > 0.1 && rng.next() < 0.02 * inner) {
+      // Single infiltrating cells and activated fibroblasts in the desmoplastic stroma.
+      c.nucleus(px + rng.next(), py + rng.next(), grade * rng.range(0.6, 1.2), 0.6);
+    } else if (p < 0.05 && p > -0.12 && rng.next() < 0.05) {
+      // Lymphocytes at the invasive front.
+      c.nucleus(px + rng.next(), py + rng.next(), rng.range(0.6, 0.9));
     }
-  }
+  });
 }

@@ -1,4 +1,5 @@
 // `histoseg train`: train on a dataset and write the result as a new model version (with ONNX parity checked).
+import { relativeL2 } from '../engine/engine.js';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
@@ -96,16 +97,6 @@ function classColour(i: number): string {
   if (i < PALETTE.length) return PALETTE[i]!;
   const v = (i * 0x9e3779b1) >>> 8;
   return `#${(v & 0xffffff).toString(16).padStart(6, '0')}`;
-}
-
-function relativeL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
 }
 
 /** Exports the model to ONNX and compares onnxruntime with TF.js on random inputs; throws above the tolerance. */
