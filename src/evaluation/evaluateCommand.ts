@@ -1,4 +1,6 @@
 import { type Command, InvalidArgumentError } from 'commander';
+import { SPLITS, type Split } from '../training/dataset.js';
+import { evaluateModel } from './evaluateModel.js';
 import { readLabelMap } from './labelMap.js';
 import { ConfusionAccumulator, type SegmentationMetrics } from './metrics.js';
 import { formatMetricsTable, metricsToJson } from './report.js';
@@ -11,6 +13,7 @@ interface EvaluateOptions {
   model?: string;
   data?: string;
   split?: string;
+  models?: string;
 }
 
 function parseClassCount(value: string): number {
@@ -42,8 +45,16 @@ async function runEvaluate(opts: EvaluateOptions): Promise<void> {
   if (pairForm && modelForm) throw new Error('use either --pred/--truth or --model/--data, not both');
   let metrics: SegmentationMetrics;
   if (modelForm) {
-    // Planned: segment each slide of --data's --split with the model, pool the counts with ConfusionAccumulator.
-    throw new Error('evaluate --model is not yet implemented; compare label maps with --pred PRED.png --truth TRUTH.png');
+    if (opts.model === undefined || opts.data === undefined) throw new Error('--model and --data are both required');
+    if (!(SPLITS as readonly string[]).includes(opts.split ?? '')) throw new Error(`--split must be one of ${SPLITS.join(', ')}`);
+    const result = await evaluateModel({
+      models: opts.models ?? process.env.HISTOSEG_MODELS ?? 'models',
+      model: opts.model,
+      data: opts.data,
+      split: opts.split as Split,
+      log: opts.json ? undefined : (line) => process.stderr.write(line + '\n'),
+    });
+    metrics = result.metrics;
   } else {
     if (opts.pred === undefined || opts.truth === undefined) throw new Error('--pred and --truth are both required');
     if (opts.classes === undefined) throw new Error('--classes N is required with --pred/--truth');
@@ -60,7 +71,8 @@ export function registerEvaluate(program: Command): void {
     .option('--truth <png>', 'ground-truth label map of the same size')
     .option('--classes <n>', 'number of classes', parseClassCount)
     .option('--json', 'print one JSON object instead of a table')
-    .option('--model <name[@version]>', 'segment a dataset with this model and score it (not yet implemented)')
+    .option('--model <name[@version]>', 'segment a dataset split through the serving engine and score it, pooled over its slides')
+    .option('--models <dir>', 'model repository for --model (default: $HISTOSEG_MODELS or models)')
     .option('--data <dir>', 'dataset to score with --model')
     .option('--split <split>', 'dataset split to score with --model', 'test')
     .action(async (opts: EvaluateOptions) => runEvaluate(opts));
