@@ -1,5 +1,5 @@
 import { TileStatus, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
-import { decodeImage, encodeMaskPng, resizeLabels, resizeRgb, InvalidImageError, type RgbImage } from '../preprocess/decode.js';
+import { decodeImage, encodeMaskPng, InvalidImageError, PixelLimitError, resizeLabels, resizeRgb, type RgbImage } from '../preprocess/decode.js';
 import { tissueMask } from '../preprocess/tissue.js';
 import { Blender, extractWindow, planWindows, WINDOW_OVERLAP } from '../preprocess/tiling.js';
 import type { LoadedModel } from './modelRegistry.js';
@@ -134,10 +134,8 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
   try {
     img = await decodeImage(tile.image, { maxPixels: limits.maxPixels });
   } catch (err) {
-    if (err instanceof InvalidImageError) {
-      if (/limit/i.test(err.message) && /pixel/i.test(err.message)) throw new TooManyPixelsError(err.message);
-      return invalid(tile, model, err.message);
-    }
+    if (err instanceof PixelLimitError) throw new TooManyPixelsError(err.message);
+    if (err instanceof InvalidImageError) return invalid(tile, model, err.message);
     throw err;
   }
   const { width, height } = img;
@@ -177,12 +175,10 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
   const normalized: RgbImage = { data: rgb, width: work.width, height: work.height };
 
   const windows = planWindows(work.width, work.height, size, WINDOW_OVERLAP);
+  // The common case: a tile of exactly one window goes as it is (the batcher copies it), and is not blended.
+  const oneWindow = windows.length === 1 && work.width === size && work.height === size;
   const results = await Promise.all(
-    windows.map((win) => {
-      // A tile of exactly one window goes as it is; the batcher copies it into the batch.
-      const exact = windows.length === 1 && work.width === size && work.height === size;
-      return model.batcher.enqueue(exact ? normalized.data : extractWindow(normalized, win, size), ctx.signal);
-    }),
+    windows.map((win) => model.batcher.enqueue(oneWindow ? normalized.data : extractWindow(normalized, win, size), ctx.signal)),
   );
 
   const probs = new Float64Array(C);
@@ -194,8 +190,8 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
     computeSeconds = Math.max(computeSeconds, results[i].computeSeconds);
   }
   let labels: Uint8Array;
-  if (windows.length === 1 && work.width === size && work.height === size) {
-    // The common case, a tile of exactly one window: no blending, and argmax before the nearest upsampling.
+  if (oneWindow) {
+    // argmax before the nearest upsampling: they commute, and this is 64x less work.
     const m = results[0].maskSize;
     labels = upsampleNearest(argmaxPlanes(results[0].mask, C, m * m), m, size);
   } else {

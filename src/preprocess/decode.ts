@@ -10,7 +10,12 @@ export interface RgbImage {
 
 /** Bad input bytes: the message says what was wrong, in words a client can act on. */
 export class InvalidImageError extends Error {
-  override readonly name = 'InvalidImageError';
+  override readonly name: string = 'InvalidImageError';
+}
+
+/** The image has more pixels than the configured limit (a decompression bomb, or just too big). */
+export class PixelLimitError extends InvalidImageError {
+  override readonly name = 'PixelLimitError';
 }
 
 /** Formats a tile may come in; anything else sharp can read (GIF, SVG, HEIF, PDF...) is refused. */
@@ -85,7 +90,7 @@ async function checkHeader(bytes: Uint8Array, maxPixels: number): Promise<string
   if (!width || !height) throw new InvalidImageError(`${format} image has no dimensions`);
   const pixels = width * height;
   if (pixels > maxPixels) {
-    throw new InvalidImageError(
+    throw new PixelLimitError(
       `image is ${width}x${height} = ${pixels.toPrecision(2).replace('e+', 'e')} pixels, over the limit of ${maxPixels}`,
     );
   }
