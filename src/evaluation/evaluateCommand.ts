@@ -3,7 +3,8 @@ import { SPLITS, type Split } from '../training/dataset.js';
 import { evaluateModel } from './evaluateModel.js';
 import { readLabelMap } from './labelMap.js';
 import { ConfusionAccumulator, type SegmentationMetrics } from './metrics.js';
-import { formatMetricsTable, metricsToJson } from './report.js';
+import { writeFile } from 'node:fs/promises';
+import { formatMetricsTable, formatModelReport, metricsToJson } from './report.js';
 
 interface EvaluateOptions {
   pred?: string;
@@ -14,6 +15,7 @@ interface EvaluateOptions {
   data?: string;
   split?: string;
   models?: string;
+  report?: string;
 }
 
 function parseClassCount(value: string): number {
@@ -55,6 +57,7 @@ async function runEvaluate(opts: EvaluateOptions): Promise<void> {
       log: opts.json ? undefined : (line) => process.stderr.write(line + '\n'),
     });
     metrics = result.metrics;
+    if (opts.report) await writeFile(opts.report, formatModelReport(result));
   } else {
     if (opts.pred === undefined || opts.truth === undefined) throw new Error('--pred and --truth are both required');
     if (opts.classes === undefined) throw new Error('--classes N is required with --pred/--truth');
@@ -73,6 +76,7 @@ export function registerEvaluate(program: Command): void {
     .option('--json', 'print one JSON object instead of a table')
     .option('--model <name[@version]>', 'segment a dataset split through the serving engine and score it, pooled over its slides')
     .option('--models <dir>', 'model repository for --model (default: $HISTOSEG_MODELS or models)')
+    .option('--report <file.md>', 'with --model: also write a markdown report beside the all-background baseline')
     .option('--data <dir>', 'dataset to score with --model')
     .option('--split <split>', 'dataset split to score with --model', 'test')
     .action(async (opts: EvaluateOptions) => runEvaluate(opts));

@@ -29,7 +29,10 @@ export interface EvaluateModelOptions {
 export interface EvaluateModelResult {
   model: string;
   slides: string[];
+  classes: string[];
   metrics: SegmentationMetrics;
+  /** The trivial prediction, every pixel class 0, on the same slides: what a model must beat. */
+  allBackground: SegmentationMetrics;
 }
 
 /**
@@ -55,6 +58,7 @@ export async function evaluateModel(opts: EvaluateModelOptions): Promise<Evaluat
       throw new Error(`model ${m.name}@${m.version} has ${C} classes, dataset ${opts.data} has ${dataset.classes.length}`);
     }
     const acc = new ConfusionAccumulator(C);
+    const background = new ConfusionAccumulator(C);
     for (const slide of slides) {
       if (slide.mpp === null) throw new Error(`slide ${slide.name} has no mpp (give it in dataset.json)`);
       const size = sizeAtMpp(slide, m.mpp);
@@ -93,9 +97,16 @@ export async function evaluateModel(opts: EvaluateModelOptions): Promise<Evaluat
       }
       await Promise.all(jobs);
       acc.add(truth.labels, pred);
+      background.add(truth.labels, new Uint8Array(pred.length));
       opts.log?.(`${slide.name}: ${size.width}x${size.height} at ${m.mpp} um/px`);
     }
-    return { model: `${m.name}@${m.version}`, slides: slides.map((s) => s.name), metrics: acc.metrics() };
+    return {
+      model: `${m.name}@${m.version}`,
+      slides: slides.map((s) => s.name),
+      classes: m.classes.map((c) => c.name),
+      metrics: acc.metrics(),
+      allBackground: background.metrics(),
+    };
   } finally {
     await registry.stop();
   }

@@ -61,3 +61,35 @@ export function formatMetricsTable(m: SegmentationMetrics, classNames?: readonly
   });
   return lines.join('\n') + '\n';
 }
+
+/** A model's held-out scores beside the all-background prediction, as markdown (models/<name>/<version>/report.md). */
+export function formatModelReport(r: { model: string; slides: string[]; classes: string[]; metrics: SegmentationMetrics; allBackground: SegmentationMetrics }, note = ''): string {
+  const rows: [string, (m: SegmentationMetrics) => number | null][] = [
+    ['accuracy', (m) => m.accuracy],
+    ['macro F1', (m) => m.macroF1],
+    ['micro F1 (weighted by class pixels)', (m) => m.microF1],
+    ['foreground accuracy', (m) => m.foregroundAccuracy],
+    ['BACH score (Eq. 6)', (m) => m.bachScore],
+  ];
+  return [
+    `# ${r.model}: held-out metrics`,
+    '',
+    note,
+    `Slides: ${r.slides.join(', ')} (${r.metrics.pixels} pixels at the model's scale), segmented through the serving path (\`histoseg evaluate --model\`).`,
+    '',
+    '| metric | this model | all background |',
+    '|---|---|---|',
+    ...rows.map(([name, f]) => `| ${name} | ${fmt(f(r.metrics))} | ${fmt(f(r.allBackground))} |`),
+    '',
+    '| class | precision | recall | F1 | IoU |',
+    '|---|---|---|---|---|',
+    ...r.metrics.perClass.map((c, k) => `| ${r.classes[k] ?? k} | ${fmt(c.precision)} | ${fmt(c.recall)} | ${fmt(c.f1)} | ${fmt(c.iou)} |`),
+    '',
+    'Confusion (rows = truth, columns = prediction):',
+    '',
+    '```',
+    ...r.metrics.confusion.map((row, k) => `${(r.classes[k] ?? String(k)).padEnd(10)} ${row.map((v) => String(v).padStart(9)).join(' ')}`),
+    '```',
+    '',
+  ].join('\n');
+}
