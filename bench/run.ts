@@ -18,6 +18,7 @@ import { INPUT_SIZE } from '../src/model/constants.js';
 import { resolveModel } from '../src/model/repository.js';
 import type { Tile } from '../src/proto/gen/histoseg/v1/segmentation.js';
 import { tissueFraction } from '../src/preprocess/tissue.js';
+import { cpuSnap, foreign, HZ, procCpu } from './cpuLoad.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SVS = fileURLToPath(new URL('../../shared/data/slides/CMU-1-Small-Region.svs', import.meta.url));
@@ -106,34 +107,6 @@ function modelMacs(C: number): number {
   ];
   return convs.reduce((s, [side, cout, k]) => s + side * side * cout * k, 0);
 }
-
-// ---- load from other processes, as the torch reference's loadmon measures it ----
-const HZ = 100;
-function cpuSnap(pids: number[]): { t: number; busy: number; own: number } {
-  const v = readFileSync('/proc/stat', 'utf8').split('\n')[0].split(/\s+/).slice(1).map(Number);
-  const busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
-  let own = 0;
-  for (const pid of pids) {
-    try {
-      const s = readFileSync(`/proc/${pid}/stat`, 'utf8').split(')').pop()!.trim().split(/\s+/);
-      own += Number(s[11]) + Number(s[12]);
-    } catch {
-      /* gone */
-    }
-  }
-  return { t: performance.now() / 1000, busy, own };
-}
-function procCpu(pid: number): number {
-  try {
-    const s = readFileSync(`/proc/${pid}/stat`, 'utf8').split(')').pop()!.trim().split(/\s+/);
-    return Number(s[11]) + Number(s[12]);
-  } catch {
-    return NaN;
-  }
-}
-/** Cores used by processes other than ours between two snapshots. */
-const foreign = (a: ReturnType<typeof cpuSnap>, b: ReturnType<typeof cpuSnap>) =>
-  Math.max(0, (b.busy - a.busy - (b.own - a.own)) / HZ / (b.t - a.t));
 
 // ---- model only ----
 async function modelOnly(onnxPath: string, C: number, batches: number[], pids: number[]) {

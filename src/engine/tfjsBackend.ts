@@ -33,6 +33,11 @@ async function select(): Promise<string> {
       return tf.getBackend();
     }
   }
+  return initWasmBackend();
+}
+
+/** The wasm backend alone, skipping the native bindings (benchmarks compare engines in one process each). */
+export async function initWasmBackend(): Promise<string> {
   const wasm = await import('@tensorflow/tfjs-backend-wasm');
   // Point at the package's own .wasm files by file path, so a bundled or relocated entry still finds them.
   const wasmDir = dirname(createRequire(import.meta.url).resolve('@tensorflow/tfjs-backend-wasm'));
