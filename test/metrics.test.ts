@@ -178,5 +178,7 @@ test('histoseg evaluate compares two PNG label maps', async (t) => {
   await sharp(Buffer.from([255, 0, 0, 0, 0, 0]), { raw: { width: 2, height: 1, channels: 3 } }).png().toFile(rgb);
   await assert.rejects(runCli(['--pred', rgb, '--truth', small, '--classes', '4']), /colour image/);
 
-  await assert.rejects(runCli(['--model', 'demo', '--data', dir]), /not yet implemented/);
+  // The model form reads a dataset: a folder that is none says what it lacks.
+  await assert.rejects(runCli(['--model', 'demo', '--data', dir]), /classes\.txt/);
+  await assert.rejects(runCli(['--model', 'demo', '--pred', small]), /not both/);
 });
