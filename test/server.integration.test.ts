@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { makeClientConstructor, credentials, status, type ServiceError } from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
+import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
+import { listModels } from '../src/model/repository.js';
 import { connect, segmentTiles, type HistosegClients } from '../src/client/segmentationClient.js';
 import { TileStatus, type SegmentTilesResponse, type Tile } from '../src/proto/gen/histoseg/v1/segmentation.js';
 import { loadConfig } from '../src/server/config.js';
@@ -177,13 +179,20 @@ describe('server, end to end over gRPC', { skip: haveSlide ? false : SLIDE_MISSI
     assert.equal(b.status, TileStatus.TILE_STATUS_BACKGROUND, 'a threshold of 1 makes any tile with glass background');
   });
 
-  it('lists the bundled model with its classes, honestly marked untrained', async () => {
-    const res = await new Promise<{ models: { name: string; trained: boolean; classes: { name: string; color: string }[]; inputSize: number; engine: string; loaded: boolean }[] }>((resolve, reject) =>
+  it('lists the bundled models, the default loaded, each marked trained or not as its manifest says', async () => {
+    const res = await new Promise<{ models: { name: string; version: string; trained: boolean; isDefault: boolean; classes: { name: string; color: string }[]; inputSize: number; engine: string; loaded: boolean }[] }>((resolve, reject) =>
       clients.models.listModels({}, clients.metadata(), (e, r) => (e ? reject(e) : resolve(r))),
     );
-    const m = res.models.find((x) => x.name === 'histoseg-bach');
-    assert.ok(m);
-    assert.equal(m.inputSize, 128);
+    const repo = await listModels(fileURLToPath(new URL('../models', import.meta.url)));
+    assert.deepEqual(res.models.map((x) => `${x.name}@${x.version}`).sort(), repo.map((e) => `${e.name}@${e.version}`).sort());
+    for (const m of res.models) {
+      const onDisk = repo.find((e) => e.name === m.name && e.version === m.version)!;
+      assert.equal(m.trained, onDisk.manifest.trained, `${m.name}@${m.version} trained flag`);
+      assert.equal(m.inputSize, 128);
+    }
+    const m = res.models.find((x) => x.isDefault);
+    assert.ok(m, 'one model is the default');
+    assert.equal(res.models.filter((x) => x.isDefault).length, 1);
     assert.deepEqual(m.classes.map((c) => c.name), ['normal', 'benign', 'in situ', 'invasive']);
     assert.equal(m.engine, 'onnx');
     assert.equal(m.loaded, true);
