@@ -338,8 +338,8 @@ export interface StainEstimatorOptions {
  *   counting across tiles, until `samplePixels` are held; after that add() is a no-op.
  * - ready: the sample is full. The first params() after that estimates once and the result is frozen for the slide
  *   (an estimate that fails then fails every later call the same way).
- * - Before ready, params() returns a provisional estimate from the pixels collected so far (recomputed only when
- *   more pixels have arrived) once at least `minPixels` are held, and throws StainEstimationError before that;
+ * - Before ready, params() returns a provisional estimate from the pixels collected so far (recomputed when the
+ *   sample has grown by half) once at least `minPixels` are held, and throws StainEstimationError before that;
  *   tryParams() returns null instead of throwing. Early tiles of a slide may thus be normalised with a slightly
  *   different estimate than later ones.
  */
@@ -414,7 +414,8 @@ export class StainEstimator {
         `too few tissue pixels to estimate the stain yet: ${this.count} collected, need ${this.minPixels}`,
       );
     }
-    if (!this.provisional || this.provisional.count !== this.count) {
+    // Re-estimate when the sample has grown by half: each estimate costs milliseconds, and tiles come by the hundred.
+    if (!this.provisional || this.count >= 1.5 * this.provisional.count) {
       this.provisional = { count: this.count, result: this.estimate() };
     }
     return this.provisional.result;
