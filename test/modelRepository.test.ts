@@ -108,13 +108,18 @@ test('a manifest that disagrees with its folder is an error', async () => {
   await assert.rejects(listModels(r), /says alpha\/2\.0\.0/);
 });
 
-test('the bundled repository serves the untrained BACH model by default', async () => {
-  const entry = await resolveModel(fileURLToPath(new URL('../models', import.meta.url)));
-  assert.equal(`${entry.name}@${entry.version}`, 'histoseg-bach@0.1.0');
+test('the bundled repository serves the trained demo model by default, with its untrained ancestor beside it', async () => {
+  const root = fileURLToPath(new URL('../models', import.meta.url));
+  const entry = await resolveModel(root);
+  assert.equal(`${entry.name}@${entry.version}`, 'histoseg-bach@1.0.0');
   assert.deepEqual(
     entry.manifest.classes.map((c) => c.name),
     ['normal', 'benign', 'in situ', 'invasive'],
   );
-  assert.equal(entry.manifest.trained, false);
-  assert.deepEqual(entry.manifest.stainReference?.maxConcentrations, [1.9705, 1.0308]);
+  assert.equal(entry.manifest.trained, true);
+  assert.ok(entry.manifest.stainReference, 'a trained model carries its training stain reference');
+  assert.equal(entry.manifest.lineage.settings.setting, 'S+C*');
+  const untrained = await resolveModel(root, 'histoseg-bach', '0.1.0');
+  assert.equal(untrained.manifest.trained, false);
+  assert.deepEqual(untrained.manifest.stainReference?.maxConcentrations, [1.9705, 1.0308]);
 });

@@ -2,6 +2,7 @@ import { setMaxListeners } from 'node:events';
 import { availableParallelism } from 'node:os';
 import sharp from 'sharp';
 import { ModelRegistry } from '../inference/modelRegistry.js';
+import type { Manifest } from '../model/manifest.js';
 import { SlideStain } from '../inference/slideStain.js';
 import { processTile, type StreamContext } from '../inference/tileProcessor.js';
 import { TileStatus } from '../proto/gen/histoseg/v1/segmentation.js';
@@ -30,6 +31,7 @@ export interface EvaluateModelResult {
   model: string;
   slides: string[];
   classes: string[];
+  manifest: Manifest;
   metrics: SegmentationMetrics;
   /** The trivial prediction, every pixel class 0, on the same slides: what a model must beat. */
   allBackground: SegmentationMetrics;
@@ -104,6 +106,7 @@ export async function evaluateModel(opts: EvaluateModelOptions): Promise<Evaluat
       model: `${m.name}@${m.version}`,
       slides: slides.map((s) => s.name),
       classes: m.classes.map((c) => c.name),
+      manifest: m,
       metrics: acc.metrics(),
       allBackground: background.metrics(),
     };

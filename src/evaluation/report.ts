@@ -1,3 +1,4 @@
+import type { Manifest } from '../model/manifest.js';
 import type { SegmentationMetrics } from './metrics.js';
 
 /** The JSON shape `histoseg evaluate --json` prints; the key names are fixed (issue 3). */
@@ -63,7 +64,19 @@ export function formatMetricsTable(m: SegmentationMetrics, classNames?: readonly
 }
 
 /** A model's held-out scores beside the all-background prediction, as markdown (models/<name>/<version>/report.md). */
-export function formatModelReport(r: { model: string; slides: string[]; classes: string[]; metrics: SegmentationMetrics; allBackground: SegmentationMetrics }, note = ''): string {
+export function formatModelReport(r: {
+  model: string;
+  slides: string[];
+  classes: string[];
+  manifest: Manifest;
+  metrics: SegmentationMetrics;
+  allBackground: SegmentationMetrics;
+}): string {
+  const m = r.manifest;
+  const settings = Object.entries(m.lineage.settings)
+    .filter(([, v]) => typeof v !== 'object')
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ');
   const rows: [string, (m: SegmentationMetrics) => number | null][] = [
     ['accuracy', (m) => m.accuracy],
     ['macro F1', (m) => m.macroF1],
@@ -74,7 +87,10 @@ export function formatModelReport(r: { model: string; slides: string[]; classes:
   return [
     `# ${r.model}: held-out metrics`,
     '',
-    note,
+    m.trained
+      ? `Trained ${m.createdAt} (${settings}); dataset ${m.lineage.datasetHash ?? 'unknown'}; parent ${m.lineage.parent ?? 'none'}.`
+      : 'UNTRAINED: random weights.',
+    '',
     `Slides: ${r.slides.join(', ')} (${r.metrics.pixels} pixels at the model's scale), segmented through the serving path (\`histoseg evaluate --model\`).`,
     '',
     '| metric | this model | all background |',
