@@ -1,4 +1,4 @@
-import type { Manifest } from '../model/manifest.js';
+import type { EvaluateModelResult } from './evaluateModel.js';
 import type { SegmentationMetrics } from './metrics.js';
 
 /** The JSON shape `histoseg evaluate --json` prints; the key names are fixed (issue 3). */
@@ -64,14 +64,7 @@ export function formatMetricsTable(m: SegmentationMetrics, classNames?: readonly
 }
 
 /** A model's held-out scores beside the all-background prediction, as markdown (models/<name>/<version>/report.md). */
-export function formatModelReport(r: {
-  model: string;
-  slides: string[];
-  classes: string[];
-  manifest: Manifest;
-  metrics: SegmentationMetrics;
-  allBackground: SegmentationMetrics;
-}): string {
+export function formatModelReport(r: EvaluateModelResult): string {
   const m = r.manifest;
   const settings = Object.entries(m.lineage.settings)
     .filter(([, v]) => typeof v !== 'object')
