@@ -179,6 +179,18 @@ describe('server, end to end over gRPC', { skip: haveSlide ? false : SLIDE_MISSI
     assert.equal(b.status, TileStatus.TILE_STATUS_BACKGROUND, 'a threshold of 1 makes any tile with glass background');
   });
 
+  it('GetModel answers a named version, and NOT_FOUND for one that does not exist', async () => {
+    const get = (name: string, version: string) =>
+      new Promise<{ model?: { name: string; version: string; trained: boolean } }>((resolve, reject) =>
+        clients.models.getModel({ name, version }, clients.metadata(), (e, r) => (e ? reject(e) : resolve(r as never))),
+      );
+    const old = await get('histoseg-bach', '0.1.0');
+    assert.equal(old.model?.version, '0.1.0');
+    assert.equal(old.model?.trained, false);
+    await expectStatus(get('histoseg-bach', '7.7.7'), status.NOT_FOUND, /7\.7\.7/);
+    await expectStatus(get('no-such-model', ''), status.NOT_FOUND, /no-such-model/);
+  });
+
   it('lists the bundled models, the default loaded, each marked trained or not as its manifest says', async () => {
     const res = await new Promise<{ models: { name: string; version: string; trained: boolean; isDefault: boolean; classes: { name: string; color: string }[]; inputSize: number; engine: string; loaded: boolean }[] }>((resolve, reject) =>
       clients.models.listModels({}, clients.metadata(), (e, r) => (e ? reject(e) : resolve(r))),
