@@ -1,3 +1,7 @@
+// The foreground rule of App. B.1, written over typed arrays rather than with sharp's erode/dilate: it runs for
+// every served tile (background tiles must answer in well under a millisecond), sharp has no hole filling, and one
+// sharp call costs more than the whole mask here. Connected components for patch preparation are in
+// src/training/components.ts for the same lack of a fitting library.
 /** HSV saturation below this fraction of the maximum possible saturation is background (App. B.1). */
 export const SATURATION_THRESHOLD = 0.1;
 /**
