@@ -1,7 +1,7 @@
 import { TileStatus, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
 import { decodeImage, encodeMaskPng, InvalidImageError, PixelLimitError, resizeLabels, resizeRgb, type RgbImage } from '../preprocess/decode.js';
 import { tissueMask } from '../preprocess/tissue.js';
-import { Blender, extractWindow, planWindows, WINDOW_OVERLAP } from '../preprocess/tiling.js';
+import { Blender, classFractions, extractWindow, planWindows, WINDOW_OVERLAP } from '../preprocess/tiling.js';
 import type { LoadedModel } from './modelRegistry.js';
 import type { SlideStain } from './slideStain.js';
 
@@ -87,12 +87,6 @@ function upsampleLogits(logits: Float32Array, C: number, m: number, n: number): 
     }
   }
   return out;
-}
-
-function fractionsOf(labels: Uint8Array, C: number): number[] {
-  const counts = new Float64Array(C);
-  for (let i = 0; i < labels.length; i++) counts[labels[i]]++;
-  return Array.from(counts, (c) => c / labels.length);
 }
 
 function base(tile: Tile, model: LoadedModel): SegmentTilesResponse {
@@ -210,7 +204,7 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
     status: TileStatus.TILE_STATUS_SEGMENTED,
     mask: ctx.omitMask ? Buffer.alloc(0) : await encodeMaskPng(labels, width, height),
     classProbabilities: Array.from(probs),
-    classFractions: fractionsOf(labels, C),
+    classFractions: classFractions(labels, C),
     tissueFraction,
     width,
     height,

@@ -157,8 +157,13 @@ export class Blender {
 
   /** Fraction of the tile's pixels in each class. */
   classFractions(labels: Uint8Array): number[] {
-    const counts = new Array<number>(this.numClasses).fill(0);
-    for (let p = 0; p < labels.length; p++) counts[labels[p]!]!++;
-    return counts.map((c) => c / labels.length);
+    return classFractions(labels, this.numClasses);
   }
+}
+
+/** Share of the label map in each class, in class order. */
+export function classFractions(labels: Uint8Array, numClasses: number): number[] {
+  const counts = new Float64Array(numClasses);
+  for (let p = 0; p < labels.length; p++) counts[labels[p]!]!++;
+  return Array.from(counts, (c) => c / labels.length);
 }

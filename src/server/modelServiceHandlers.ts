@@ -43,8 +43,8 @@ export function modelServiceHandlers(registry: ModelRegistry, configuredEngine: 
       if (matches.length === 0) {
         throw notFound(`no model ${req.name || '(default)'}${req.version ? '@' + req.version : ''}; available: ${all.map((m) => `${m.name}@${m.version}`).join(', ') || 'none'}`);
       }
-      // Newest first is the repository's order; without a version, the default's version wins for the default name.
-      const pick = (!req.version && matches.find((m) => m.isDefault)) || matches[0];
+      // listModels sorts oldest first: without a version, the default's version for the default name, else the newest.
+      const pick = (!req.version && matches.find((m) => m.isDefault)) || matches[matches.length - 1];
       return { model: pick };
     }),
   };
