@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
 import { decodePlainPng, encodeGreyPng } from '../src/preprocess/maskPng.js';
 
@@ -38,4 +39,14 @@ test('decodePlainPng declines what it does not handle, leaving it to sharp', asy
   const flipped = Buffer.from(png);
   flipped[40] ^= 0xff;
   assert.equal(decodePlainPng(flipped), undefined, 'bad CRC');
+});
+
+test('decodePlainPng declines image data longer than the header promises (no unbounded inflate)', () => {
+  const png = Buffer.from(encodeGreyPng(new Uint8Array(64 * 64).fill(1), 64, 64));
+  // Claim 64x4: the IDAT still inflates to 64 rows.
+  png.writeUInt32BE(4, 8 + 8 + 4);
+  png.writeUInt32BE(crc32(png.subarray(12, 12 + 4 + 13)), 12 + 4 + 13);
+  assert.equal(decodePlainPng(png), undefined);
+  const ok = encodeGreyPng(new Uint8Array(64 * 4).fill(1), 64, 4);
+  assert.equal(decodePlainPng(ok)?.height, 4, 'the honest file decodes');
 });

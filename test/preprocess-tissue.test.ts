@@ -182,3 +182,22 @@ test('real H&E: a tissue image is mostly foreground, a glass crop is background'
   const washed = img.data.map((v) => 235 + Math.round(v / 32));
   assert.ok(tissueFraction(washed, img.width, img.height) < 0.05);
 });
+
+test('the integer saturation rule equals the float one for every (max, min) pair', () => {
+  // One pixel per pair, as (max, min, min): the threshold sees exactly max and min.
+  const pairs: [number, number][] = [];
+  for (let max = 0; max < 256; max++) for (let min = 0; min <= max; min++) pairs.push([max, min]);
+  const w = pairs.length;
+  const rgb = new Uint8Array(w * 3);
+  pairs.forEach(([max, min], i) => rgb.set([max, min, min], 3 * i));
+  // A one-row tile is all border: hole filling adds nothing, but the opening would, so compare the raw rule
+  // through tissueFraction on single pixels padded to a uniform 5x5 tile instead.
+  let mismatches = 0;
+  for (const [max, min] of pairs) {
+    const tile = new Uint8Array(5 * 5 * 3);
+    for (let p = 0; p < 25; p++) tile.set([max, min, min], 3 * p);
+    const expected = max > 0 && (max - min) / max >= SATURATION_THRESHOLD ? 1 : 0;
+    if (tissueFraction(tile, 5, 5) !== expected) mismatches++;
+  }
+  assert.equal(mismatches, 0);
+});

@@ -36,9 +36,9 @@ port.on('message', async (msg: WorkerRequest) => {
     if (input.length < need) input = new Float32Array(need);
     for (let i = 0; i < msg.n; i++) writeModelInput(msg.rgb.subarray(i * windowBytes, (i + 1) * windowBytes), size, input, i * windowBytes);
     const out = await engine.run({ data: input.subarray(0, need), n: msg.n });
-    const reply: WorkerReply = { type: 'result', id: msg.id, mask: out.mask, cls: out.cls, maskSize: out.maskSize, seconds: (performance.now() - t0) / 1000 };
-    // Hand the outputs back without copying.
-    const transfer = [out.mask.buffer, out.cls.buffer].filter((b, i, a) => a.indexOf(b) === i) as ArrayBuffer[];
+    const reply: WorkerReply = { type: 'result', id: msg.id, mask: out.mask, cls: out.cls, maskSize: out.maskSize, seconds: (performance.now() - t0) / 1000, rgb: msg.rgb };
+    // Hand the outputs, and the input for reuse, back without copying.
+    const transfer = [out.mask.buffer, out.cls.buffer, msg.rgb.buffer].filter((b, i, a) => a.indexOf(b) === i) as ArrayBuffer[];
     port.postMessage(reply, transfer);
   } catch (err) {
     port.postMessage({ type: 'error', id: msg.id, message: (err as Error).message } satisfies WorkerReply);

@@ -23,6 +23,8 @@ export interface RgbBatch {
 export interface PoolResult extends EngineOutput {
   /** Engine time of this batch inside the worker. */
   seconds: number;
+  /** The input buffer, back from the worker for reuse (absent where a runner keeps it). */
+  input?: Uint8Array;
 }
 
 interface Slot {
@@ -87,7 +89,7 @@ export class EnginePool extends EventEmitter {
       if (!p || (msg.type !== 'result' && msg.type !== 'error') || msg.id !== p.id) return;
       slot.pending = undefined;
       slot.busy = false;
-      if (msg.type === 'result') p.resolve({ mask: msg.mask, cls: msg.cls, maskSize: msg.maskSize, seconds: msg.seconds });
+      if (msg.type === 'result') p.resolve({ mask: msg.mask, cls: msg.cls, maskSize: msg.maskSize, seconds: msg.seconds, input: msg.rgb });
       else p.reject(new Error(`engine error: ${msg.message}`));
       this.emit('idle');
     });

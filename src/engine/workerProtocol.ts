@@ -15,5 +15,6 @@ export type WorkerRequest = { type: 'run'; id: number; rgb: Uint8Array; n: numbe
 export type WorkerReply =
   | { type: 'ready'; engine: string }
   | { type: 'failed'; message: string }
-  | { type: 'result'; id: number; mask: Float32Array; cls: Float32Array; maskSize: number; seconds: number }
+  /** rgb: the request's buffer, handed back so the batcher can fill it again. */
+  | { type: 'result'; id: number; mask: Float32Array; cls: Float32Array; maskSize: number; seconds: number; rgb: Uint8Array }
   | { type: 'error'; id: number; message: string };

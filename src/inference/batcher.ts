@@ -1,6 +1,7 @@
 import { EventEmitter, once } from 'node:events';
 import type { PoolResult, RgbBatch } from '../engine/workerPool.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import { BytePool } from './bufferPool.js';
 
 /** What the batcher needs of an engine pool (an interface, so tests can drive it with a fake). */
 export interface BatchRunner {
@@ -52,6 +53,8 @@ export class Batcher extends EventEmitter {
   private timer: NodeJS.Timeout | undefined;
   private running = 0;
   private stopped = false;
+  /** Batch buffers of maxBatch windows, back from the workers: a batch is 0.8 MB, too big to allocate per run. */
+  private readonly batchBuffers = new BytePool(8, 1);
 
   constructor(runner: BatchRunner, opts: BatcherOptions, metrics?: Metrics) {
     super();
@@ -137,7 +140,7 @@ export class Batcher extends EventEmitter {
   private dispatch(jobs: Job[]): void {
     const n = jobs.length;
     const { inputLength, numClasses } = this.opts;
-    const batch = new Uint8Array(n * inputLength);
+    const batch = this.batchBuffers.acquire(this.opts.maxBatch * inputLength).subarray(0, n * inputLength);
     const now = performance.now();
     for (let i = 0; i < n; i++) {
       const job = jobs[i];
@@ -152,6 +155,7 @@ export class Batcher extends EventEmitter {
     this.runner.run({ data: batch, n }).then(
       (out) => {
         this.running--;
+        if (out.input) this.batchBuffers.release(new Uint8Array(out.input.buffer));
         this.metrics?.computeSeconds.observe(out.seconds);
         this.metrics?.executions.inc();
         this.metrics?.inferences.inc(n);

@@ -11,8 +11,11 @@ export class SlideStain {
 
   constructor(private readonly target: StainParams) {}
 
-  /** Normalised copy of the tile, or the tile itself while too few tissue pixels have been seen to estimate. */
-  normalize(rgb: Uint8Array, pixels: number, tissue: Uint8Array): Uint8Array {
+  /**
+   * The tile normalised into `out` (a new buffer when omitted), or the tile itself while too few tissue pixels
+   * have been seen to estimate.
+   */
+  normalize(rgb: Uint8Array, pixels: number, tissue: Uint8Array, out?: Uint8Array): Uint8Array {
     if (!this.estimator.ready) this.estimator.add(rgb, pixels, tissue);
     const params = this.estimator.tryParams();
     if (!params) return rgb;
@@ -20,6 +23,6 @@ export class SlideStain {
       this.source = params;
       this.normalizer = stainNormalizer(params, this.target);
     }
-    return this.normalizer!(rgb, pixels);
+    return this.normalizer!(rgb, pixels, out);
   }
 }

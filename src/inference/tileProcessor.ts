@@ -2,6 +2,7 @@ import { TileStatus, type SegmentTilesResponse, type Tile } from '../proto/gen/h
 import { decodeImage, encodeMaskPng, InvalidImageError, PixelLimitError, resizeLabels, resizeRgb, type RgbImage } from '../preprocess/decode.js';
 import { tissueMask } from '../preprocess/tissue.js';
 import { Blender, classFractions, extractWindow, planWindows, WINDOW_OVERLAP } from '../preprocess/tiling.js';
+import { BytePool } from './bufferPool.js';
 import type { LoadedModel } from './modelRegistry.js';
 import type { SlideStain } from './slideStain.js';
 
@@ -46,33 +47,61 @@ function softmaxInto(logits: Float32Array, out: Float64Array, weight: number): v
   for (let i = 0; i < logits.length; i++) out[i] += (weight * e[i]) / sum;
 }
 
-/** Per-pixel argmax over C planes of `plane` logits each (NCHW of one item). */
-function argmaxPlanes(logits: Float32Array, C: number, plane: number): Uint8Array {
-  const out = new Uint8Array(plane);
-  const best = logits.slice(0, plane);
+/** The tile path's buffers (decoded, tissue mask, normalised, labels), shared by all streams. */
+export const tileBuffers = new BytePool();
+
+// Scratch for the one-window labels: used synchronously, so one of each serves every tile.
+let smallLabels = new Uint8Array(0);
+let smallBest = new Float32Array(0);
+
+/**
+ * The labels of a tile that is exactly one window, in one pass: argmax over the C planes of the m x m decoder
+ * logits (before the model's nearest upsampling: they commute, and this is (n/m)^2 less work), nearest upsampling
+ * to n x n, glass pixels (tissue 0) set to class 0, and the pixel count per class added to `counts`.
+ */
+export function labelOneWindow(logits: Float32Array, C: number, m: number, n: number, tissue: Uint8Array, out: Uint8Array, counts: Float64Array): void {
+  const plane = m * m;
+  if (n % m !== 0) throw new RangeError(`mask side ${m} does not divide the window side ${n}`);
+  if (logits.length < C * plane || tissue.length < n * n || out.length < n * n || counts.length < C) {
+    throw new RangeError('labelOneWindow: buffer too small');
+  }
+  if (smallLabels.length < plane) {
+    smallLabels = new Uint8Array(plane);
+    smallBest = new Float32Array(plane);
+  }
+  const lab = smallLabels;
+  const best = smallBest;
+  for (let i = 0; i < plane; i++) {
+    best[i] = logits[i]!;
+    lab[i] = 0;
+  }
   for (let c = 1; c < C; c++) {
     const off = c * plane;
     for (let i = 0; i < plane; i++) {
-      const v = logits[off + i];
-      if (v > best[i]) {
+      const v = logits[off + i]!;
+      if (v > best[i]!) {
         best[i] = v;
-        out[i] = c;
+        lab[i] = c;
       }
     }
   }
-  return out;
-}
-
-/** Nearest upsampling of an m x m label map to n x n (n a multiple of m), as the model's own 16 -> 128 step. */
-function upsampleNearest(labels: Uint8Array, m: number, n: number): Uint8Array {
-  if (m === n) return labels;
   const f = n / m;
-  const out = new Uint8Array(n * n);
   for (let y = 0; y < n; y++) {
-    const row = ((y / f) | 0) * m;
-    for (let x = 0; x < n; x++) out[y * n + x] = labels[row + ((x / f) | 0)];
+    const row = Math.floor(y / f) * m;
+    const o = y * n;
+    for (let cx = 0; cx < m; cx++) {
+      const label = lab[row + cx]!;
+      // tissue is 0 or 1, so label & -t is the label on tissue and 0 on glass.
+      let onTissue = 0;
+      for (let x = o + cx * f, end = x + f; x < end; x++) {
+        const t = tissue[x]!;
+        out[x] = label & -t;
+        onTissue += t;
+      }
+      counts[label]! += onTissue;
+      counts[0]! += f - onTissue;
+    }
   }
-  return out;
 }
 
 /** The same for C planes of logits, for windows that are blended. */
@@ -120,13 +149,28 @@ export function invalid(tile: Tile, model: LoadedModel, error: string): SegmentT
  */
 export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLimits): Promise<SegmentTilesResponse> {
   const { model } = ctx;
-  const manifest = model.manifest;
   if (!Number.isFinite(tile.mpp) || tile.mpp < 0) return invalid(tile, model, `mpp must be a finite number >= 0, got ${tile.mpp}`);
   if (tile.image.length === 0) return invalid(tile, model, 'image is empty');
+  // Every pooled buffer this tile takes goes back when its answer is built (or it fails): nothing outlives it.
+  const taken: Uint8Array[] = [];
+  const take = (length: number): Uint8Array => {
+    const b = tileBuffers.acquire(length);
+    taken.push(b);
+    return b;
+  };
+  try {
+    return await segment(tile, ctx, limits, take);
+  } finally {
+    for (const b of taken) tileBuffers.release(b);
+  }
+}
 
+async function segment(tile: Tile, ctx: StreamContext, limits: TileLimits, take: (length: number) => Uint8Array): Promise<SegmentTilesResponse> {
+  const { model } = ctx;
+  const manifest = model.manifest;
   let img: RgbImage;
   try {
-    img = await decodeImage(tile.image, { maxPixels: limits.maxPixels });
+    img = await decodeImage(tile.image, { maxPixels: limits.maxPixels }, take);
   } catch (err) {
     if (err instanceof PixelLimitError) throw new TooManyPixelsError(err.message);
     if (err instanceof InvalidImageError) return invalid(tile, model, err.message);
@@ -143,9 +187,9 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
     work = await resizeRgb(img, Math.max(1, Math.round(width * s)), Math.max(1, Math.round(height * s)));
   }
   const pixels = work.width * work.height;
-  const tissue = tissueMask(work.data, work.width, work.height);
+  const tissue = tissueMask(work.data, work.width, work.height, take(pixels));
   let tissueCount = 0;
-  for (let i = 0; i < tissue.length; i++) tissueCount += tissue[i];
+  for (let i = 0; i < pixels; i++) tissueCount += tissue[i]!;
   const tissueFraction = tissueCount / pixels;
 
   if (tissueFraction < ctx.minTissueFraction) {
@@ -165,7 +209,7 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
   }
 
   let rgb = work.data;
-  if (ctx.stain) rgb = ctx.stain.normalize(rgb, pixels, tissue);
+  if (ctx.stain) rgb = ctx.stain.normalize(rgb, pixels, tissue, take(pixels * 3));
   const normalized: RgbImage = { data: rgb, width: work.width, height: work.height };
 
   const windows = planWindows(work.width, work.height, size, WINDOW_OVERLAP);
@@ -184,18 +228,23 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
     computeSeconds = Math.max(computeSeconds, results[i].computeSeconds);
   }
   let labels: Uint8Array;
+  let counts: Float64Array | undefined;
   if (oneWindow) {
-    // argmax before the nearest upsampling: they commute, and this is 64x less work.
-    const m = results[0].maskSize;
-    labels = upsampleNearest(argmaxPlanes(results[0].mask, C, m * m), m, size);
+    labels = take(size * size);
+    counts = new Float64Array(C);
+    labelOneWindow(results[0].mask, C, results[0].maskSize, size, tissue, labels, counts);
   } else {
     const blender = new Blender(work.width, work.height, C, size);
     for (let i = 0; i < windows.length; i++) blender.add(windows[i], upsampleLogits(results[i].mask, C, results[i].maskSize, size), 0);
     labels = blender.labels();
+    // Glass is background whatever the model says: the tissue mask is the paper's own foreground rule (App. B.1).
+    for (let i = 0; i < labels.length; i++) if (tissue[i] === 0) labels[i] = 0;
   }
-  // Glass is background whatever the model says: the tissue mask is the paper's own foreground rule (App. B.1).
-  for (let i = 0; i < labels.length; i++) if (tissue[i] === 0) labels[i] = 0;
-  if (work.width !== width || work.height !== height) labels = await resizeLabels(labels, work.width, work.height, width, height);
+  if (work.width !== width || work.height !== height) {
+    labels = await resizeLabels(labels, work.width, work.height, width, height);
+    counts = undefined;
+  }
+  const fractions = counts ? Array.from(counts, (c) => c / labels.length) : classFractions(labels, C);
 
   let predicted = 0;
   for (let c = 1; c < C; c++) if (probs[c] > probs[predicted]) predicted = c;
@@ -204,7 +253,7 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
     status: TileStatus.TILE_STATUS_SEGMENTED,
     mask: ctx.omitMask ? Buffer.alloc(0) : await encodeMaskPng(labels, width, height),
     classProbabilities: Array.from(probs),
-    classFractions: classFractions(labels, C),
+    classFractions: fractions,
     tissueFraction,
     width,
     height,

@@ -45,11 +45,11 @@ function sniffFormat(b: Uint8Array): (typeof ACCEPTED_FORMATS)[number] | undefin
  * PNG fast path: plain 8-bit PNGs (the usual lossless tile) decode with node's zlib, without sharp's per-call
  * setup, which costs more than the decode itself at tile sizes. Anything unusual goes through sharp.
  */
-function decodePngFast(bytes: Uint8Array, maxPixels: number): RgbImage | undefined {
+function decodePngFast(bytes: Uint8Array, maxPixels: number, alloc?: (length: number) => Uint8Array): RgbImage | undefined {
   if (bytes.length < 24) return undefined;
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (view.getUint32(16) * view.getUint32(20) > maxPixels) return undefined;
-  const png = decodePlainPng(bytes);
+  const png = decodePlainPng(bytes, alloc);
   if (!png) return undefined;
   const { channels: ch, data, width, height } = png;
   if (ch === 3) return { data, width, height };
@@ -103,13 +103,18 @@ async function checkHeader(bytes: Uint8Array, maxPixels: number): Promise<string
  * Throws only InvalidImageError for bad input. Decompression bombs stop at sharp's limitInputPixels, which reads
  * the header before any pixel.
  */
-export async function decodeImage(bytes: Uint8Array, limits: { maxPixels: number }): Promise<RgbImage> {
+export async function decodeImage(
+  bytes: Uint8Array,
+  limits: { maxPixels: number },
+  /** Where plain PNGs decode to (the server passes its buffer pool). */
+  alloc?: (length: number) => Uint8Array,
+): Promise<RgbImage> {
   if (bytes.length === 0) throw new InvalidImageError('not an image: empty input');
   const maxPixels = Math.floor(limits.maxPixels);
   if (!(maxPixels > 0)) throw new RangeError(`maxPixels must be a positive number, got ${limits.maxPixels}`);
 
   const format = sniffFormat(bytes) ?? (await checkHeader(bytes, maxPixels));
-  const plain = format === 'png' ? decodePngFast(bytes, maxPixels) : undefined;
+  const plain = format === 'png' ? decodePngFast(bytes, maxPixels, alloc) : undefined;
   if (plain) return plain;
   try {
     const { data, info } = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' })

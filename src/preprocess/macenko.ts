@@ -259,14 +259,14 @@ export function estimateStain(rgb: Uint8Array, pixelCount: number, opts: StainEs
   return { stainMatrix: [h, e], maxConcentrations: [maxH, maxE] };
 }
 
-/** Maps RGB pixels from one stain to another; made by stainNormalizer. */
-export type StainNormalizer = (rgb: Uint8Array, pixelCount: number) => Uint8Array;
+/** Maps RGB pixels from one stain to another, into `out` (a new buffer when omitted); made by stainNormalizer. */
+export type StainNormalizer = (rgb: Uint8Array, pixelCount: number, out?: Uint8Array) => Uint8Array;
 
 /**
  * Precomputes the mapping from `source`'s stain to `target`'s once (serving calls it once per slide): OD ->
  * concentrations (pseudo-inverse of the source stain matrix) -> scaled by the ratio of max concentrations -> OD
  * under the target stain -> RGB. OD is clamped at 0, so glass brighter than Io becomes neutral grey Io - 1 rather
- * than a tinted colour. The returned function writes a new buffer per call.
+ * than a tinted colour. The returned function writes into the buffer it is given, or a new one.
  */
 export function stainNormalizer(source: StainParams, target: StainParams, opts: { io?: number } = {}): StainNormalizer {
   checkParams(source, 'source');
@@ -291,11 +291,12 @@ export function stainNormalizer(source: StainParams, target: StainParams, opts: 
     Float64Array, Float64Array, Float64Array, Float64Array, Float64Array,
     Float64Array, Float64Array, Float64Array, Float64Array,
   ];
-  return (rgb, pixelCount) => {
+  return (rgb, pixelCount, into) => {
     if (rgb.length < pixelCount * 3) throw new RangeError(`RGB buffer has ${rgb.length} bytes, expected ${pixelCount}x3`);
     const n3 = pixelCount * 3;
+    if (into && into.length < n3) throw new RangeError(`output buffer has ${into.length} bytes, expected ${pixelCount}x3`);
     // Uint8ClampedArray stores clamp to 0..255 and round, so io*exp(-od) - 1 can be written directly.
-    const out = new Uint8ClampedArray(n3);
+    const out = into ? new Uint8ClampedArray(into.buffer, into.byteOffset, n3) : new Uint8ClampedArray(n3);
     for (let j = 0; j < n3; j += 3) {
       const r = rgb[j]!;
       const g = rgb[j + 1]!;
@@ -304,7 +305,7 @@ export function stainNormalizer(source: StainParams, target: StainParams, opts: 
       out[j + 1] = io * l10[r]! * l11[g]! * l12[b]! - 1;
       out[j + 2] = io * l20[r]! * l21[g]! * l22[b]! - 1;
     }
-    return new Uint8Array(out.buffer);
+    return into ?? new Uint8Array(out.buffer);
   };
 }
 
