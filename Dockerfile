@@ -104,4 +104,5 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
 
 # tini is PID 1: it forwards SIGTERM to node (which drains, then exits) and reaps zombies.
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["node", "bin/histoseg.js", "serve"]
+# The flag is SERVE_NODE_FLAGS (src/cli/serveCommand.ts): fewer full GCs under load.
+CMD ["node", "--initial-old-space-size=128", "bin/histoseg.js", "serve"]

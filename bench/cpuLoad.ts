@@ -1,5 +1,5 @@
 // CPU load from other processes during a benchmark, read from /proc as the torch reference's loadmon does.
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 /** Clock ticks per second of /proc's CPU times (USER_HZ; 100 on Linux). */
 export const HZ = 100;
@@ -13,10 +13,10 @@ export interface CpuSnap {
   own: number;
 }
 
-/** user + system ticks of one process; NaN when it is gone. */
-export function procCpu(pid: number): number {
+/** user + system ticks of one process (or, given its stat file, one thread); NaN when it is gone. */
+export function procCpu(pid: number, statFile = `/proc/${pid}/stat`): number {
   try {
-    const s = readFileSync(`/proc/${pid}/stat`, 'utf8').split(')').pop()!.trim().split(/\s+/);
+    const s = readFileSync(statFile, 'utf8').split(')').pop()!.trim().split(/\s+/);
     return Number(s[11]) + Number(s[12]);
   } catch {
     return NaN;
@@ -36,3 +36,33 @@ export function cpuSnap(pids: readonly number[]): CpuSnap {
 
 /** Cores used by processes other than ours between two snapshots. */
 export const foreign = (a: CpuSnap, b: CpuSnap): number => Math.max(0, (b.busy - a.busy - (b.own - a.own)) / HZ / (b.t - a.t));
+
+/** user + system ticks of each thread of a process, by thread id. */
+export function threadCpu(pid: number): Map<number, number> {
+  const out = new Map<number, number>();
+  let tids: string[] = [];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    const ticks = procCpu(Number(tid), `/proc/${pid}/task/${tid}/stat`);
+    if (Number.isFinite(ticks)) out.set(Number(tid), ticks);
+  }
+  return out;
+}
+
+/**
+ * Where a process's CPU went between two threadCpu snapshots, in ticks: its main thread, its `engines` busiest
+ * other threads (the engine workers, whose single-threaded sessions run on the worker's own thread), and the rest
+ * (V8's GC and compiler threads, libuv, loaders).
+ */
+export function splitThreads(pid: number, a: Map<number, number>, b: Map<number, number>, engines: number): { main: number; engine: number; other: number } {
+  const used = [...b].map(([tid, t]) => [tid, t - (a.get(tid) ?? 0)] as const);
+  const main = used.find(([tid]) => tid === pid)?.[1] ?? 0;
+  const rest = used.filter(([tid]) => tid !== pid).map(([, t]) => t).sort((x, y) => y - x);
+  const engine = rest.slice(0, engines).reduce((s, t) => s + t, 0);
+  const other = rest.slice(engines).reduce((s, t) => s + t, 0);
+  return { main, engine, other };
+}

@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import sharp from 'sharp';
 import { Client, credentials, type ClientDuplexStream } from '@grpc/grpc-js';
+import { SERVE_NODE_FLAGS } from '../src/cli/serveCommand.js';
 import { connect } from '../src/client/segmentationClient.js';
 import { EnginePool } from '../src/engine/workerPool.js';
 import { OnnxEngine } from '../src/engine/onnxEngine.js';
@@ -21,7 +22,7 @@ import { resolveModel } from '../src/model/repository.js';
 import { loadConfig } from '../src/server/config.js';
 import { SegmentationServiceService, SegmentTilesRequest, SegmentTilesResponse, type Tile } from '../src/proto/gen/histoseg/v1/segmentation.js';
 import { tissueFraction } from '../src/preprocess/tissue.js';
-import { cpuSnap, foreign, HZ, procCpu } from './cpuLoad.js';
+import { cpuSnap, foreign, HZ, procCpu, splitThreads, threadCpu } from './cpuLoad.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SVS = fileURLToPath(new URL('../../shared/data/slides/CMU-1-Small-Region.svs', import.meta.url));
@@ -190,7 +191,7 @@ function torchReference(): { variant: string; batch: number; tiles_per_s: number
 
 // ---- end to end through gRPC, against the real server in a child process ----
 async function startServerProcess(): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, [join(ROOT, 'bin', 'histoseg.js'), 'serve', '--port', '0', '--metrics-port', '0', '--log-level', 'info'], {
+  const child = spawn(process.execPath, [...SERVE_NODE_FLAGS, join(ROOT, 'bin', 'histoseg.js'), 'serve', '--port', '0', '--metrics-port', '0', '--log-level', 'info'], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'inherit'],
     env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HISTOSEG_'))),
@@ -234,6 +235,7 @@ async function endToEnd(address: string, tiles: Tile[], streams: number, seconds
   const a = cpuSnap(pids);
   const serverCpu0 = procCpu(pids[1]);
   const clientCpu0 = procCpu(pids[0]);
+  const threads0 = threadCpu(pids[1]);
   await Promise.all(
     clients.map(async (c, s) => {
       const call = openStream(c);
@@ -259,6 +261,8 @@ async function endToEnd(address: string, tiles: Tile[], streams: number, seconds
   const f = foreign(a, b);
   const serverCpu = (procCpu(pids[1]) - serverCpu0) / HZ;
   const clientCpu = (procCpu(pids[0]) - clientCpu0) / HZ;
+  const split = splitThreads(pids[1], threads0, threadCpu(pids[1]), cpus().length);
+  const perTile = (ticks: number) => (1000 * ticks) / HZ / answered;
   clients.forEach((c) => c.close());
   latencies.sort((x, y) => x - y);
   return {
@@ -273,6 +277,8 @@ async function endToEnd(address: string, tiles: Tile[], streams: number, seconds
     /** CPU per answered tile, in ms: the whole server process (engine included) and this client. */
     server_cpu_ms_per_tile: (1000 * serverCpu) / answered,
     client_cpu_ms_per_tile: (1000 * clientCpu) / answered,
+    /** The server's CPU per tile by thread: main (gRPC, decode, tissue, stain, masks), engine workers, the rest. */
+    server_threads_ms_per_tile: { main: perTile(split.main), engine: perTile(split.engine), other: perTile(split.other) },
   };
 }
 
@@ -331,7 +337,8 @@ try {
   for (const s of opts.streams.split(',').map(Number)) {
     const r = await endToEnd(address, tissue, s, SECONDS, pids);
     e2e.push({ ...r, rss: peakRss(child.pid!) });
-    log(`end-to-end ${s} streams: ${r.tiles_per_s.toFixed(1)} tiles/s, p50 ${r.p50_ms.toFixed(1)} ms, p99 ${r.p99_ms.toFixed(1)} ms, CPU/tile server ${r.server_cpu_ms_per_tile.toFixed(2)} ms client ${r.client_cpu_ms_per_tile.toFixed(2)} ms (foreign ${r.foreign_cores.toFixed(2)})`);
+    const t = r.server_threads_ms_per_tile;
+    log(`end-to-end ${s} streams: ${r.tiles_per_s.toFixed(1)} tiles/s, p50 ${r.p50_ms.toFixed(1)} ms, p99 ${r.p99_ms.toFixed(1)} ms, CPU/tile server ${r.server_cpu_ms_per_tile.toFixed(2)} ms (main ${t.main.toFixed(2)} engines ${t.engine.toFixed(2)} other ${t.other.toFixed(2)}) client ${r.client_cpu_ms_per_tile.toFixed(2)} ms (foreign ${r.foreign_cores.toFixed(2)})`);
   }
   background_run = await endToEnd(address, background, 8, SECONDS / 2, pids);
   log(`background 8 streams: ${background_run.tiles_per_s.toFixed(0)} tiles/s`);
@@ -382,7 +389,11 @@ const md = [
   `| model-only ${served.engine} (as served), batch ${served.batch} | ${f1(served.tiles_per_s)} | ${pct(served.tiles_per_s / limitTilesPerS)} of limit |`,
   ...(Array.isArray(torch) ? torch.map((t) => `| PyTorch reference ${t.variant}, batch ${t.batch} | ${f1(t.tiles_per_s)} | onnx best = ${f1(best / t.tiles_per_s)}x |`) : [`| PyTorch reference | n/a | ${torch.error} |`]),
   ...(wasm ? [`| model-only ${wasm.engine}, batch ${wasm.batch} | ${f1(wasm.tiles_per_s)} | ${pct(wasm.tiles_per_s / at(8))} of onnx batch 8 |`] : []),
-  ...e2e.map((e) => `| end-to-end gRPC, ${e.streams} stream(s), p50 ${e.p50_ms.toFixed(1)} ms, p99 ${e.p99_ms.toFixed(1)} ms; CPU/tile ${e.server_cpu_ms_per_tile.toFixed(2)} ms server + ${e.client_cpu_ms_per_tile.toFixed(2)} ms client (foreign ${e.foreign_cores.toFixed(2)}) | ${f1(e.tiles_per_s)} | ${pct(e.tiles_per_s / best)} of model-only best |`),
+  ...e2e.map((e) => {
+    const t = e.server_threads_ms_per_tile;
+    const cpu = `CPU/tile ${e.server_cpu_ms_per_tile.toFixed(2)} ms server (main ${t.main.toFixed(2)}, engines ${t.engine.toFixed(2)}, other threads ${t.other.toFixed(2)}) + ${e.client_cpu_ms_per_tile.toFixed(2)} ms client`;
+    return `| end-to-end gRPC, ${e.streams} stream(s), p50 ${e.p50_ms.toFixed(1)} ms, p99 ${e.p99_ms.toFixed(1)} ms; ${cpu} (foreign ${e.foreign_cores.toFixed(2)}) | ${f1(e.tiles_per_s)} | ${pct(e.tiles_per_s / best)} of model-only best |`;
+  }),
   ...(unloaded ? [`| one tile at a time (unloaded latency): p50 ${unloaded.p50_ms.toFixed(1)} ms, p99 ${unloaded.p99_ms.toFixed(1)} ms | ${f1(1000 / unloaded.p50_ms)} | |`] : []),
   ...(background_run ? [`| background tiles, 8 streams, p50 ${background_run.p50_ms.toFixed(1)} ms | ${f1(background_run.tiles_per_s)} | |`] : []),
   ``,

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { parse, parseAllDocuments } from 'yaml';
 import { CONFIG_KEYS, envName, loadConfig } from '../src/server/config.js';
 import { ENGINE_KINDS } from '../src/engine/engine.js';
+import { SERVE_NODE_FLAGS } from '../src/cli/serveCommand.js';
 
 /**
  * Static checks of the Dockerfile and the Helm chart; there is no Docker engine or helm here. When a helm binary is
@@ -169,7 +170,8 @@ test('the Dockerfile is multi-stage, runs as a non-root user and ships what the 
   assert.match(finalText, /^COPY --from=build \/app\/node_modules /m);
   assert.match(finalText, /HISTOSEG_HOST=0\.0\.0\.0/);
   assert.match(finalText, /^ENTRYPOINT \["\/usr\/bin\/tini", "--"\]/m, 'tini forwards SIGTERM to node');
-  assert.match(finalText, /^CMD \["node", "bin\/histoseg\.js", "serve"\]/m);
+  const cmd = /^CMD (\[.*\])\s*$/m.exec(finalText);
+  assert.deepEqual(cmd && JSON.parse(cmd[1]), ['node', ...SERVE_NODE_FLAGS, 'bin/histoseg.js', 'serve'], 'the image starts the server with its node flags');
   // Exec forms must be valid JSON, or Docker silently runs them through a shell.
   for (const m of finalText.matchAll(/^(?:CMD|ENTRYPOINT|HEALTHCHECK .*?CMD)\s+(\[.*\])\s*$/gm)) {
     assert.doesNotThrow(() => JSON.parse(m[1]), `not JSON: ${m[1]}`);
@@ -186,6 +188,7 @@ test('the Dockerfile is multi-stage, runs as a non-root user and ships what the 
 
 test('package.json has the build script the Dockerfile runs, and bin/ prefers its output', () => {
   const pkg = JSON.parse(read('package.json')) as { scripts?: Record<string, string> };
+  assert.equal(pkg.scripts?.start, ['node', ...SERVE_NODE_FLAGS, 'bin/histoseg.js', 'serve'].join(' '), 'npm start passes the server flags');
   assert.match(pkg.scripts?.build ?? '', /\btsc -p tsconfig\.build\.json\b/, 'scripts.build compiles src/ into dist/');
   assert.match(read('bin/histoseg.js'), /dist\/src\/cli\/main\.js/, 'bin/histoseg.js runs the compiled CLI');
 });

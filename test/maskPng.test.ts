@@ -50,3 +50,17 @@ test('decodePlainPng declines image data longer than the header promises (no unb
   const ok = encodeGreyPng(new Uint8Array(64 * 4).fill(1), 64, 4);
   assert.equal(decodePlainPng(ok)?.height, 4, 'the honest file decodes');
 });
+
+test('decodePlainPng: damage inside IDAT is caught by zlib even though the IDAT CRC is not re-checked', async () => {
+  const rgb = Buffer.alloc(32 * 32 * 3).map((_, i) => (i * 37) % 251);
+  const png = await sharp(rgb, { raw: { width: 32, height: 32, channels: 3 } }).png().toBuffer();
+  const idat = png.indexOf('IDAT', 0, 'latin1');
+  const len = png.readUInt32BE(idat - 4);
+  let caught = 0;
+  for (let k = 0; k < 16; k++) {
+    const bad = Buffer.from(png);
+    bad[idat + 4 + 2 + Math.floor(((len - 8) * k) / 16)] ^= 0x5a;
+    if (decodePlainPng(bad) === undefined) caught++;
+  }
+  assert.equal(caught, 16, 'every flipped IDAT byte is declined (and left to sharp, which reports it)');
+});

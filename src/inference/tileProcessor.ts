@@ -2,6 +2,7 @@ import { TileStatus, type SegmentTilesResponse, type Tile } from '../proto/gen/h
 import { decodeImage, encodeMaskPng, InvalidImageError, PixelLimitError, resizeLabels, resizeRgb, type RgbImage } from '../preprocess/decode.js';
 import { tissueMask } from '../preprocess/tissue.js';
 import { Blender, classFractions, extractWindow, planWindows, WINDOW_OVERLAP } from '../preprocess/tiling.js';
+import { kernelLabelOneWindow } from '../preprocess/pixelKernels.js';
 import { BytePool } from './bufferPool.js';
 import type { LoadedModel } from './modelRegistry.js';
 import type { SlideStain } from './slideStain.js';
@@ -65,6 +66,12 @@ export function labelOneWindow(logits: Float32Array, C: number, m: number, n: nu
   if (logits.length < C * plane || tissue.length < n * n || out.length < n * n || counts.length < C) {
     throw new RangeError('labelOneWindow: buffer too small');
   }
+  if (!kernelLabelOneWindow(logits, C, m, n, tissue, out, counts)) labelOneWindowTs(logits, C, m, n, tissue, out, counts);
+}
+
+/** labelOneWindow in TypeScript: the kernel's reference (tested against it). */
+export function labelOneWindowTs(logits: Float32Array, C: number, m: number, n: number, tissue: Uint8Array, out: Uint8Array, counts: Float64Array): void {
+  const plane = m * m;
   if (smallLabels.length < plane) {
     smallLabels = new Uint8Array(plane);
     smallBest = new Float32Array(plane);

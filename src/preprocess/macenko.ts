@@ -4,6 +4,7 @@
  * common reference implementations (torchstain, staintools).
  */
 import quickselect from 'quickselect';
+import { kernelStainMap } from './pixelKernels.js';
 
 /** H and E optical-density unit vectors (rows: H, E; columns: R, G, B OD) and their 99th-percentile concentrations. */
 export interface StainParams {
@@ -290,7 +291,7 @@ export function stainNormalizer(source: StainParams, target: StainParams, opts: 
   const od = odTable(io, true);
   // M = T^T diag(scale) pinv(S). exp(-(M od)) factors per input channel, so each (output, input) pair is one
   // 256-entry table of exp(-M[o][i] od[v]) and a pixel costs three products per channel, no exp. Io is folded
-  // into the red tables, and all nine sit in one array (one base, no closure loads in the loop).
+  // into the red tables, and all nine sit in one array, the layout the kernel reads.
   const lut = new Float64Array(9 * 256);
   for (let o = 0; o < 3; o++) {
     for (let i = 0; i < 3; i++) {
@@ -302,19 +303,29 @@ export function stainNormalizer(source: StainParams, target: StainParams, opts: 
     if (rgb.length < pixelCount * 3) throw new RangeError(`RGB buffer has ${rgb.length} bytes, expected ${pixelCount}x3`);
     const n3 = pixelCount * 3;
     if (into && into.length < n3) throw new RangeError(`output buffer has ${into.length} bytes, expected ${pixelCount}x3`);
-    // Uint8ClampedArray stores clamp to 0..255 and round, so io*exp(-od) - 1 can be written directly.
-    const out = into ? new Uint8ClampedArray(into.buffer, into.byteOffset, n3) : new Uint8ClampedArray(n3);
-    const L = lut;
-    for (let j = 0; j < n3; j += 3) {
-      const r = rgb[j]!;
-      const g = rgb[j + 1]! + 256;
-      const b = rgb[j + 2]! + 512;
-      out[j] = L[r]! * L[g]! * L[b]! - 1;
-      out[j + 1] = L[768 + r]! * L[768 + g]! * L[768 + b]! - 1;
-      out[j + 2] = L[1536 + r]! * L[1536 + g]! * L[1536 + b]! - 1;
-    }
-    return into ?? new Uint8Array(out.buffer);
+    const target = into ?? new Uint8Array(n3);
+    if (!kernelStainMap(rgb, pixelCount, lut, target)) stainMapTs(rgb, pixelCount, lut, target);
+    return target;
   };
+}
+
+/**
+ * The per-pixel step of stainNormalizer with its 9 x 256 table (output channel o's three input tables at 768 o):
+ * the WebAssembly kernel's reference, and the path for tiles over its size limit.
+ */
+export function stainMapTs(rgb: Uint8Array, pixelCount: number, lut: Float64Array, into: Uint8Array): void {
+  const n3 = pixelCount * 3;
+  // Uint8ClampedArray stores clamp to 0..255 and round, so io*exp(-od) - 1 can be written directly.
+  const out = new Uint8ClampedArray(into.buffer, into.byteOffset, n3);
+  const L = lut;
+  for (let j = 0; j < n3; j += 3) {
+    const r = rgb[j]!;
+    const g = rgb[j + 1]! + 256;
+    const b = rgb[j + 2]! + 512;
+    out[j] = L[r]! * L[g]! * L[b]! - 1;
+    out[j + 1] = L[768 + r]! * L[768 + g]! * L[768 + b]! - 1;
+    out[j + 2] = L[1536 + r]! * L[1536 + g]! * L[1536 + b]! - 1;
+  }
 }
 
 /** Maps an RGB image stained like `source` to `target`'s stain (see stainNormalizer); returns a new buffer. */

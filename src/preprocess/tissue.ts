@@ -1,7 +1,10 @@
 // The foreground rule of App. B.1, written over typed arrays rather than with sharp's erode/dilate: it runs for
 // every served tile (background tiles must answer in well under a millisecond), sharp has no hole filling, and one
 // sharp call costs more than the whole mask here. Connected components for patch preparation are in
-// src/training/components.ts for the same lack of a fitting library.
+// src/training/components.ts for the same lack of a fitting library. The served path runs the same algorithm as a
+// WebAssembly kernel (pixelKernels.as.ts); the TypeScript here is its tested reference.
+import { kernelTissueMask } from './pixelKernels.js';
+
 /** HSV saturation below this fraction of the maximum possible saturation is background (App. B.1). */
 export const SATURATION_THRESHOLD = 0.1;
 /**
@@ -193,11 +196,21 @@ function unpack(bits: Int32Array, w: number, h: number, wpr: number, mask: Uint8
 }
 
 function computeMask(rgb: Uint8Array, w: number, h: number, out: Uint8Array): number {
+  checkTile(rgb, w, h);
+  const count = kernelTissueMask(rgb, w, h, out, SATURATION_DENOMINATOR, OPENING_SIZE >> 1);
+  return count >= 0 ? count : computeMaskTs(rgb, w, h, out);
+}
+
+function checkTile(rgb: Uint8Array, w: number, h: number): void {
   if (!Number.isInteger(w) || !Number.isInteger(h) || w < 1 || h < 1) {
     throw new RangeError(`tile size must be positive integers, got ${w}x${h}`);
   }
+  if (rgb.length < w * h * 3) throw new RangeError(`RGB buffer has ${rgb.length} bytes, expected ${w}x${h}x3`);
+}
+
+/** The TypeScript foreground mask: the kernel's reference, and the path for tiles over KERNEL_MAX_PIXELS. */
+function computeMaskTs(rgb: Uint8Array, w: number, h: number, out: Uint8Array): number {
   const n = w * h;
-  if (rgb.length < n * 3) throw new RangeError(`RGB buffer has ${rgb.length} bytes, expected ${w}x${h}x3`);
   // Fast exits are exact: an all-background or all-tissue mask is unchanged by hole filling and opening.
   let count = threshold(rgb, n, out);
   if (count === 0 || count === n) return count;
@@ -222,6 +235,14 @@ function computeMask(rgb: Uint8Array, w: number, h: number, out: Uint8Array): nu
 export function tissueMask(rgb: Uint8Array, width: number, height: number, out: Uint8Array = new Uint8Array(width * height)): Uint8Array {
   if (out.length < width * height) throw new RangeError(`mask buffer has ${out.length} bytes, expected ${width}x${height}`);
   computeMask(rgb, width, height, out);
+  return out;
+}
+
+/** tissueMask by the TypeScript implementation alone (tests compare the WebAssembly kernel with it). */
+export function tissueMaskTs(rgb: Uint8Array, width: number, height: number): Uint8Array {
+  const out = new Uint8Array(width * height);
+  checkTile(rgb, width, height);
+  computeMaskTs(rgb, width, height, out);
   return out;
 }
 
