@@ -33,10 +33,11 @@ const opts = new Command()
   .option('--seconds <s>', 'length of each timed run', '6')
   .option('--batches <list>', 'model-only batch sizes', '1,8,16,32')
   .option('--streams <list>', 'end-to-end concurrent streams', '1,8,32')
+  .option('--rounds <n>', 'alternated 8-stream / model-only rounds for the target ratio', '3')
   .option('--no-torch', 'skip the PyTorch reference')
   .option('--no-wasm', 'skip the TF.js wasm engine')
   .parse()
-  .opts<{ seconds: string; batches: string; streams: string; torch: boolean; wasm: boolean }>();
+  .opts<{ seconds: string; batches: string; streams: string; rounds: string; torch: boolean; wasm: boolean }>();
 const SECONDS = Number(opts.seconds);
 
 function log(msg: string): void {
@@ -135,10 +136,11 @@ async function modelOnly(onnxPath: string, C: number, batches: number[], pids: n
  * The engine as the server runs it: its default pool (one single-threaded engine per core, in worker threads,
  * RGB bytes in), every worker kept busy with full batches. The reference for the end-to-end ratio.
  */
-async function modelOnlyServed(dir: string, manifest: Awaited<ReturnType<typeof resolveModel>>['manifest'], batch: number, pids: number[]) {
+async function servedEngine(dir: string, manifest: Awaited<ReturnType<typeof resolveModel>>['manifest'], batch: number) {
   const workers = cpus().length;
   const pool = await EnginePool.create({ kind: 'onnx', modelDir: dir, manifest, threads: workers, workers });
   const bytes = 3 * INPUT_SIZE * INPUT_SIZE * batch;
+  const engine = `onnx, ${workers} workers x 1 thread`;
   let done = 0;
   const lane = async (until: number) => {
     let data: Uint8Array = new Uint8Array(bytes).map(() => Math.random() * 256);
@@ -148,16 +150,23 @@ async function modelOnlyServed(dir: string, manifest: Awaited<ReturnType<typeof 
       done += batch;
     }
   };
-  await Promise.all(Array.from({ length: workers }, () => lane(performance.now() + 1000)));
-  done = 0;
-  const a = cpuSnap(pids);
-  const t0 = performance.now();
-  await Promise.all(Array.from({ length: workers }, () => lane(t0 + (SECONDS / 2) * 1000)));
-  const seconds = (performance.now() - t0) / 1000;
-  const f = foreign(a, cpuSnap(pids));
-  await pool.close();
-  log(`model-only onnx as served (${workers} workers x 1 thread, batch ${batch}): ${(done / seconds).toFixed(1)} tiles/s (foreign load ${f.toFixed(2)} cores)`);
-  return { engine: `onnx, ${workers} workers x 1 thread`, batch, tiles_per_s: done / seconds, foreign_cores: f };
+  const run = (seconds: number) => Promise.all(Array.from({ length: workers }, () => lane(performance.now() + seconds * 1000)));
+  await run(1);
+  return {
+    /** One timed run; CPU per tile is this whole process's (the workers are its threads). */
+    async measure(seconds: number, pids: number[]) {
+      done = 0;
+      const a = cpuSnap(pids);
+      const cpu0 = procCpu(process.pid);
+      const t0 = performance.now();
+      await run(seconds);
+      const elapsed = (performance.now() - t0) / 1000;
+      const f = foreign(a, cpuSnap(pids));
+      const cpuMs = ((procCpu(process.pid) - cpu0) / HZ) * 1000;
+      return { engine, batch, tiles_per_s: done / elapsed, cpu_ms_per_tile: cpuMs / done, foreign_cores: f };
+    },
+    close: () => pool.close(),
+  };
 }
 
 async function wasmOnly(tfjsDir: string, C: number, n: number, pids: number[]) {
@@ -318,7 +327,9 @@ log(`${tissue.length} real tissue tiles, ${background.length} glass tiles`);
 const self = [process.pid];
 const model = await modelOnly(join(entry.dir, entry.manifest.files.onnx), C, opts.batches.split(',').map(Number), self);
 // Full batches of the server's own default size.
-const served = await modelOnlyServed(entry.dir, entry.manifest, loadConfig({}, {}).maxBatch, self);
+const servedPool = await servedEngine(entry.dir, entry.manifest, loadConfig({}, {}).maxBatch);
+const served = await servedPool.measure(SECONDS / 2, self);
+log(`model-only ${served.engine} (as served), batch ${served.batch}: ${served.tiles_per_s.toFixed(1)} tiles/s, CPU/tile ${served.cpu_ms_per_tile.toFixed(2)} ms (foreign load ${served.foreign_cores.toFixed(2)} cores)`);
 const wasm = opts.wasm ? await wasmOnly(join(entry.dir, entry.manifest.files.tfjs), C, 8, self) : undefined;
 const torch = opts.torch ? torchReference() : { error: 'skipped (--no-torch)' };
 if (Array.isArray(torch)) for (const t of torch) log(`torch ${t.variant} batch ${t.batch}: ${t.tiles_per_s.toFixed(1)} tiles/s`);
@@ -327,6 +338,7 @@ const { child, port } = await startServerProcess();
 const pids = [process.pid, child.pid!];
 const address = `127.0.0.1:${port}`;
 const e2e = [];
+const paired: { e2e_tiles_per_s: number; model_only_tiles_per_s: number; ratio: number; e2e_cpu_ms_per_tile: number; model_only_cpu_ms_per_tile: number }[] = [];
 let background_run;
 let unloaded: Awaited<ReturnType<typeof unloadedLatency>> | undefined;
 let rss = { peak_mib: NaN, now_mib: NaN };
@@ -342,13 +354,27 @@ try {
   }
   background_run = await endToEnd(address, background, 8, SECONDS / 2, pids);
   log(`background 8 streams: ${background_run.tiles_per_s.toFixed(0)} tiles/s`);
+  // The target ratio, robust to this shared machine's drift: 8-stream runs alternated with the engine as served,
+  // each end-to-end figure against the mean of the model-only runs just before and after it.
+  let before = await servedPool.measure(SECONDS / 2, pids);
+  for (let round = 0; round < Number(opts.rounds); round++) {
+    const e = await endToEnd(address, tissue, 8, SECONDS, pids);
+    const after = await servedPool.measure(SECONDS / 2, pids);
+    const reference = (before.tiles_per_s + after.tiles_per_s) / 2;
+    paired.push({ e2e_tiles_per_s: e.tiles_per_s, model_only_tiles_per_s: reference, ratio: e.tiles_per_s / reference, e2e_cpu_ms_per_tile: e.server_cpu_ms_per_tile + e.client_cpu_ms_per_tile, model_only_cpu_ms_per_tile: (before.cpu_ms_per_tile + after.cpu_ms_per_tile) / 2 });
+    log(`paired round ${round + 1}: end-to-end 8 streams ${e.tiles_per_s.toFixed(1)} vs model-only as served ${reference.toFixed(1)} tiles/s = ${(100 * e.tiles_per_s / reference).toFixed(0)}%`);
+    before = after;
+  }
 } finally {
+  await servedPool.close();
   rss = peakRss(child.pid!);
   child.kill('SIGTERM');
   await once(child, 'exit');
 }
 
 // The end-to-end reference: the faster of the one-session engine and the engine as served.
+const pairedMedian = paired.length ? median(paired.map((p) => p.ratio)) : NaN;
+const cpuMedian = paired.length ? median(paired.map((p) => p.model_only_cpu_ms_per_tile / p.e2e_cpu_ms_per_tile)) : NaN;
 const best = Math.max(served.tiles_per_s, ...model.map((m) => m.tiles_per_s));
 const at = (b: number) => model.find((m) => m.batch === b)?.tiles_per_s ?? NaN;
 const e8 = e2e.find((e) => e.streams === 8);
@@ -372,7 +398,12 @@ const result = {
     e2e_8_streams_vs_model_only_best: e8 ? e8.tiles_per_s / best : NaN,
     e2e_8_streams_vs_model_only_batch16: e8 ? e8.tiles_per_s / at(16) : NaN,
     wasm_vs_onnx_batch8: wasm ? wasm.tiles_per_s / at(8) : NaN,
+    /** The issue's target: median over the alternated rounds. */
+    e2e_8_streams_vs_served_paired_median: pairedMedian,
+    /** What CPU costs predict on saturated cores: model-only CPU per tile over end-to-end (server + client). */
+    e2e_vs_served_from_cpu_median: cpuMedian,
   },
+  paired_rounds: paired,
 };
 
 const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : 'n/a');
@@ -398,6 +429,12 @@ const md = [
   ...(background_run ? [`| background tiles, 8 streams, p50 ${background_run.p50_ms.toFixed(1)} ms | ${f1(background_run.tiles_per_s)} | |`] : []),
   ``,
   `Peak RSS of the server over the whole run (incl. 32 streams): ${rss.peak_mib.toFixed(0)} MiB.`,
+  ``,
+  ...(paired.length
+    ? [
+        `End-to-end at 8 streams against the engine as served, alternated ${paired.length} times (each end-to-end run against the mean of the model-only runs just before and after it, so the machine's drift cancels): ${paired.map((p) => `${f1(p.e2e_tiles_per_s)} / ${f1(p.model_only_tiles_per_s)} = ${pct(p.ratio)}`).join('; ')}. **Median ${pct(pairedMedian)}.** From CPU per tile (model-only ${paired.map((p) => p.model_only_cpu_ms_per_tile.toFixed(2)).join(', ')} ms; end to end, server + client, ${paired.map((p) => p.e2e_cpu_ms_per_tile.toFixed(2)).join(', ')} ms): ${pct(cpuMedian)}.`,
+      ]
+    : []),
   ``,
 ].join('\n');
 mkdirSync(OUT_DIR, { recursive: true });
