@@ -59,3 +59,13 @@ test('labelOneWindow equals argmax after nearest upsampling, with glass at 0 and
   }
   assert.throws(() => labelOneWindow(new Float32Array(4 * 36), 4, 6, 16, new Uint8Array(256), new Uint8Array(256), new Float64Array(4)), /does not divide/);
 });
+
+test('BytePool holds at most maxBytes in all, so large tiles do not pin their memory', () => {
+  const pool = new BytePool(512, 16, 1000);
+  const big = [pool.acquire(600), pool.acquire(600)];
+  for (const b of big) pool.release(b);
+  assert.equal(pool.held, 1);
+  assert.equal(pool.bytes, 600);
+  pool.acquire(600);
+  assert.equal(pool.bytes, 0, 'acquiring gives its bytes back to the budget');
+});
