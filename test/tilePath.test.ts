@@ -1,8 +1,23 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BytePool } from '../src/inference/bufferPool.js';
-import { labelOneWindow } from '../src/inference/tileProcessor.js';
+import sharp from 'sharp';
+import type { LoadedModel } from '../src/inference/modelRegistry.js';
+import { SlideStain } from '../src/inference/slideStain.js';
+import { labelOneWindow, processTile } from '../src/inference/tileProcessor.js';
+import { TileStatus, type SegmentTilesResponse, type Tile } from '../src/proto/gen/histoseg/v1/segmentation.js';
+import { testManifest } from './support/manifest.js';
 import { rng } from './support/random.js';
+import { haveSlide, SLIDE_MISSING, SVS_PATH } from './support/slideTiles.js';
+
+/** A plausible H&E reference (the bundled model's is of the same form). */
+const STAIN_REFERENCE = {
+  stainMatrix: [
+    [0.65, 0.7, 0.29],
+    [0.07, 0.99, 0.11],
+  ],
+  maxConcentrations: [1.9, 1.0],
+};
 
 test('BytePool hands a released buffer out again, by size, and refuses a second release', () => {
   const pool = new BytePool(2);
@@ -68,4 +83,72 @@ test('BytePool holds at most maxBytes in all, so large tiles do not pin their me
   assert.equal(pool.bytes, 600);
   pool.acquire(600);
   assert.equal(pool.bytes, 0, 'acquiring gives its bytes back to the budget');
+});
+
+/**
+ * A batcher that holds every window until `expected` have arrived, then answers them in a shuffled order, with
+ * logits computed from the window's own pixels: if a pooled buffer were shared by two tiles, answers would change.
+ */
+function shufflingBatcher(expected: number, C: number, rand: () => number) {
+  const pending: { data: Uint8Array; resolve: (r: unknown) => void }[] = [];
+  const answer = (data: Uint8Array) => {
+    const m = 16;
+    const mask = new Float32Array(C * m * m);
+    for (let cell = 0; cell < m * m; cell++) {
+      const cy = Math.floor(cell / m) * 8, cx = (cell % m) * 8;
+      let sum = 0;
+      for (let y = cy; y < cy + 8; y++) for (let x = cx; x < cx + 8; x++) sum += data[(y * 128 + x) * 3]!;
+      for (let c = 0; c < C; c++) mask[c * m * m + cell] = Math.sin(sum / 640 + c);
+    }
+    const cls = new Float32Array(C).map((_, c) => data[c * 4099]! / 255);
+    return { mask, cls, maskSize: m, queueSeconds: 0, computeSeconds: 0 };
+  };
+  return {
+    enqueue(data: Uint8Array) {
+      return new Promise((resolve) => {
+        pending.push({ data, resolve });
+        if (pending.length === expected) {
+          for (let i = pending.length - 1; i > 0; i--) {
+            const j = Math.floor(rand() * (i + 1));
+            [pending[i], pending[j]] = [pending[j]!, pending[i]!];
+          }
+          for (const p of pending.splice(0)) p.resolve(answer(p.data));
+        }
+      });
+    },
+  };
+}
+
+test('tiles processed concurrently never see one another\'s pooled buffers', { skip: !haveSlide && SLIDE_MISSING }, async () => {
+  // Crops at 2 um/px, sent as if at the model's scale (mpp 0): here only what the pixels are matters.
+  const { data, info } = await sharp(SVS_PATH).resize(555, 742, { kernel: 'linear' }).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  const slide = { data, width: info.width };
+  const tiles: Tile[] = [];
+  for (const [x, y] of [[200, 150], [300, 250], [250, 400], [350, 500], [150, 450], [280, 80]]) {
+    const crop = Buffer.alloc(128 * 128 * 3);
+    for (let r = 0; r < 128; r++) slide.data.copy(crop, r * 384, ((y + r) * slide.width + x) * 3, ((y + r) * slide.width + x + 128) * 3);
+    tiles.push({ tileId: `t${x}-${y}`, image: await sharp(crop, { raw: { width: 128, height: 128, channels: 3 } }).png().toBuffer(), mpp: 0, x, y });
+  }
+  const manifest = testManifest({ classes: [0, 1, 2, 3].map((i) => ({ name: `c${i}`, color: '#000000' })), stainReference: STAIN_REFERENCE });
+  const C = manifest.classes.length;
+  const run = async (batch: Tile[], seed: number) => {
+    const model = { manifest, batcher: shufflingBatcher(batch.length, C, rng(seed)) } as unknown as LoadedModel;
+    // One stain estimate for all: the same slide, already frozen, so every order normalises alike.
+    const ctx = { model, minTissueFraction: 0, omitMask: false, stain: frozenStain, signal: new AbortController().signal };
+    return Promise.all(batch.map((t) => processTile(t, ctx, { maxPixels: 1 << 24 })));
+  };
+  const frozenStain = new SlideStain(STAIN_REFERENCE);
+  for (let k = 0; k < 4; k++) await run(tiles, 1); // fill the estimator until frozen
+  const alone = new Map<string, SegmentTilesResponse>();
+  for (const t of tiles) alone.set(t.tileId, (await run([t], 2))[0]!);
+  const crowd = Array.from({ length: 60 }, (_, i) => tiles[i % tiles.length]!);
+  const together = await run(crowd, 3);
+  assert.ok(together.every((r) => r.status === TileStatus.TILE_STATUS_SEGMENTED));
+  for (const r of together) {
+    const ref = alone.get(r.tileId)!;
+    assert.deepEqual(r.mask, ref.mask, r.tileId);
+    assert.deepEqual(r.classFractions, ref.classFractions);
+    assert.deepEqual(r.classProbabilities, ref.classProbabilities);
+  }
+  assert.ok(new Set(together.map((r) => Buffer.from(r.mask).toString('base64'))).size > 1, 'the tiles differ, so a mix-up would show');
 });
