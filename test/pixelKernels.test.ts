@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { labelOneWindow, labelOneWindowTs } from '../src/inference/tileProcessor.js';
@@ -85,4 +86,16 @@ test('the labelling kernel equals labelOneWindowTs', () => {
     assert.deepEqual(a, b);
     assert.deepEqual(ca, cb, 'counts are added to what was there');
   }
+});
+
+test('without WebAssembly (node --jitless) the tile path falls back to the TypeScript twins, same mask', () => {
+  const rand = rng(21);
+  const rgb = syntheticTile(rand, 64, 48);
+  const script = `
+    const { tissueMask } = await import(${JSON.stringify(new URL('../src/preprocess/tissue.ts', import.meta.url).href)});
+    const rgb = Uint8Array.from(${JSON.stringify(Array.from(rgb))});
+    process.stdout.write(Buffer.from(tissueMask(rgb, 64, 48)).toString('base64'));`;
+  const r = spawnSync(process.execPath, ['--jitless', '--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, Buffer.from(tissueMask(rgb, 64, 48)).toString('base64'));
 });
