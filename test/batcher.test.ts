@@ -50,8 +50,10 @@ describe('Batcher', () => {
     const runner = new FakeRunner();
     const b = new Batcher(runner, opts);
     const started = once(runner, 'started');
+    const announced = b.prepare(); // more tiles are being decoded: the batch waits for them
     const results = [1, 2, 3, 4].map((v) => b.enqueue(win(v)));
     await started;
+    announced();
     assert.deepEqual(runner.batches, [4]);
     runner.finish();
     const out = await Promise.all(results);
@@ -63,11 +65,32 @@ describe('Batcher', () => {
     const runner = new FakeRunner();
     const b = new Batcher(runner, { ...opts, maxDelayMs: 5 });
     const started = once(runner, 'started');
+    const announced = b.prepare();
     const r = b.enqueue(win(7));
+    assert.deepEqual(runner.batches, [], 'a tile is announced: the window waits');
     await started;
     assert.deepEqual(runner.batches, [1]);
+    announced();
     runner.finish();
     assert.equal((await r).cls[0], 7);
+  });
+
+  it('sends a partial batch to an idle worker at once when no tile is being prepared', async () => {
+    const runner = new FakeRunner();
+    const b = new Batcher(runner, opts); // maxDelayMs 1e6: only the rule under test can dispatch
+    const alone = b.enqueue(win(3));
+    assert.deepEqual(runner.batches, [1], 'nothing else is coming: no wait');
+    runner.finish();
+    assert.equal((await alone).cls[0], 3);
+    const announced = b.prepare();
+    const waiting = [4, 5].map((v) => b.enqueue(win(v)));
+    assert.deepEqual(runner.batches, [1], 'a tile is still being prepared: wait for it');
+    announced();
+    assert.deepEqual(runner.batches, [1, 2], 'its windows were all it had: go');
+    announced();
+    assert.equal(b.preparingTiles, 0, 'a second call changes nothing');
+    runner.finish();
+    assert.deepEqual((await Promise.all(waiting)).map((r) => r.cls[0]), [4, 5]);
   });
 
   it('forms the next batch while the engine is busy, and runs it when a worker is idle', async () => {

@@ -104,6 +104,7 @@ function shufflingBatcher(expected: number, C: number, rand: () => number) {
     return { mask, cls, maskSize: m, queueSeconds: 0, computeSeconds: 0 };
   };
   return {
+    prepare: () => () => undefined,
     enqueue(data: Uint8Array) {
       return new Promise((resolve) => {
         pending.push({ data, resolve });

@@ -25,7 +25,7 @@ export function registerServe(program: Command): void {
     .option('--threads <n>', 'engine threads in all (HISTOSEG_THREADS, default: CPU cores)')
     .option('--workers <n>', 'engine worker threads (HISTOSEG_WORKERS, default: one per thread on cpu, 1 on cuda)')
     .option('--max-batch <n>', 'largest batch (HISTOSEG_MAX_BATCH, default 16)')
-    .option('--max-delay-ms <ms>', 'longest wait for a batch to fill (HISTOSEG_MAX_DELAY_MS, default 4)')
+    .option('--max-delay-ms <ms>', 'longest wait for a batch to fill while other tiles are being decoded (HISTOSEG_MAX_DELAY_MS, default 4)')
     .option('--queue-capacity <n>', 'windows queued over all streams before reads pause (HISTOSEG_QUEUE_CAPACITY, default 256)')
     .option('--stream-window <n>', 'tiles in flight per stream (HISTOSEG_STREAM_WINDOW, default 32)')
     .option('--max-message-bytes <n>', 'largest gRPC message (HISTOSEG_MAX_MESSAGE_BYTES, default 16 MiB)')

@@ -43,7 +43,8 @@ export class BatcherStoppedError extends Error {}
 
 /**
  * Dynamic batching across all streams (Triton's scheduler: Enqueue, InflightInferenceCount, Stop).
- * A batch closes when it is full, or when its oldest window has waited maxDelayMs and an engine worker is idle.
+ * A batch closes, once an engine worker is idle, when it is full, when its oldest window has waited maxDelayMs, or
+ * when no tile is being prepared (decoded, normalised) that could still join it: then waiting only adds latency.
  */
 export class Batcher extends EventEmitter {
   private readonly opts: BatcherOptions;
@@ -53,6 +54,8 @@ export class Batcher extends EventEmitter {
   private timer: NodeJS.Timeout | undefined;
   private running = 0;
   private stopped = false;
+  /** Tiles between being read and having their windows queued (see prepare). */
+  private preparing = 0;
   /** Batch buffers of maxBatch windows, back from the workers: a batch is 0.8 MB, too big to allocate per run. */
   private readonly batchBuffers = new BytePool(8, 1);
 
@@ -84,6 +87,27 @@ export class Batcher extends EventEmitter {
       if (this.stopped) throw new BatcherStoppedError('server is shutting down');
       await once(this, 'capacity', { signal });
     }
+  }
+
+  /**
+   * Announces a tile whose windows will be queued soon; call the returned function once they are (or the tile
+   * needs none). While no tile is announced, a partial batch goes to an idle worker at once instead of waiting
+   * maxDelayMs for windows that are not coming. Calling it twice is harmless.
+   */
+  prepare(): () => void {
+    this.preparing++;
+    let open = true;
+    return () => {
+      if (!open) return;
+      open = false;
+      this.preparing--;
+      if (this.preparing === 0) this.pump();
+    };
+  }
+
+  /** Tiles announced and not yet queued. */
+  get preparingTiles(): number {
+    return this.preparing;
   }
 
   /** Queues one window: size x size RGB bytes (the engine worker normalises them). */
@@ -122,7 +146,8 @@ export class Batcher extends EventEmitter {
     }
     while (this.queue.length > 0 && this.runner.idleCount() > 0) {
       const waited = performance.now() - this.queue[0].enqueuedAt;
-      if (this.queue.length < this.opts.maxBatch && waited < this.opts.maxDelayMs && !this.stopped) {
+      const more = this.preparing > 0 && !this.stopped;
+      if (this.queue.length < this.opts.maxBatch && waited < this.opts.maxDelayMs && more) {
         this.arm(this.opts.maxDelayMs - waited);
         return;
       }

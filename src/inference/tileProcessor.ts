@@ -165,14 +165,23 @@ export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLi
     taken.push(b);
     return b;
   };
+  // Until its windows are queued, this tile tells the batcher that more work is coming (Batcher.prepare).
+  const queued = model.batcher.prepare();
   try {
-    return await segment(tile, ctx, limits, take);
+    return await segment(tile, ctx, limits, take, queued);
   } finally {
+    queued();
     for (const b of taken) tileBuffers.release(b);
   }
 }
 
-async function segment(tile: Tile, ctx: StreamContext, limits: TileLimits, take: (length: number) => Uint8Array): Promise<SegmentTilesResponse> {
+async function segment(
+  tile: Tile,
+  ctx: StreamContext,
+  limits: TileLimits,
+  take: (length: number) => Uint8Array,
+  queued: () => void,
+): Promise<SegmentTilesResponse> {
   const { model } = ctx;
   const manifest = model.manifest;
   let img: RgbImage;
@@ -222,9 +231,9 @@ async function segment(tile: Tile, ctx: StreamContext, limits: TileLimits, take:
   const windows = planWindows(work.width, work.height, size, WINDOW_OVERLAP);
   // The common case: a tile of exactly one window goes as it is (the batcher copies it), and is not blended.
   const oneWindow = windows.length === 1 && work.width === size && work.height === size;
-  const results = await Promise.all(
-    windows.map((win) => model.batcher.enqueue(oneWindow ? normalized.data : extractWindow(normalized, win, size), ctx.signal)),
-  );
+  const pending = windows.map((win) => model.batcher.enqueue(oneWindow ? normalized.data : extractWindow(normalized, win, size), ctx.signal));
+  queued();
+  const results = await Promise.all(pending);
 
   const probs = new Float64Array(C);
   let queueSeconds = 0;
