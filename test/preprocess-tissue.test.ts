@@ -9,7 +9,9 @@ import {
   SATURATION_THRESHOLD,
   tissueFraction,
   tissueMask,
+  tissueMaskInto,
 } from '../src/preprocess/tissue.js';
+import { rng } from './support/random.js';
 
 const PINK = [200, 120, 180] as const;
 const WHITE = [245, 245, 245] as const;
@@ -200,4 +202,14 @@ test('the integer saturation rule equals the float one for every (max, min) pair
     if (tissueFraction(tile, 5, 5) !== expected) mismatches++;
   }
   assert.equal(mismatches, 0);
+});
+
+test('tissueMaskInto returns the count of the mask it writes', () => {
+  const rand = rng(9);
+  const w = 40, h = 30;
+  const rgb = new Uint8Array(w * h * 3).map(() => rand() * 256);
+  const out = new Uint8Array(w * h).fill(7);
+  const count = tissueMaskInto(rgb, w, h, out);
+  assert.deepEqual(out, tissueMask(rgb, w, h));
+  assert.equal(count, sum(out));
 });

@@ -1,6 +1,6 @@
 import { TileStatus, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
 import { decodeImage, encodeMaskPng, InvalidImageError, PixelLimitError, resizeLabels, resizeRgb, type RgbImage } from '../preprocess/decode.js';
-import { tissueMask } from '../preprocess/tissue.js';
+import { tissueMaskInto } from '../preprocess/tissue.js';
 import { Blender, classFractions, extractWindow, planWindows, WINDOW_OVERLAP } from '../preprocess/tiling.js';
 import { kernelLabelOneWindow } from '../preprocess/pixelKernels.js';
 import { BytePool } from './bufferPool.js';
@@ -203,10 +203,8 @@ async function segment(
     work = await resizeRgb(img, Math.max(1, Math.round(width * s)), Math.max(1, Math.round(height * s)));
   }
   const pixels = work.width * work.height;
-  const tissue = tissueMask(work.data, work.width, work.height, take(pixels));
-  let tissueCount = 0;
-  for (let i = 0; i < pixels; i++) tissueCount += tissue[i]!;
-  const tissueFraction = tissueCount / pixels;
+  const tissue = take(pixels);
+  const tissueFraction = tissueMaskInto(work.data, work.width, work.height, tissue) / pixels;
 
   if (tissueFraction < ctx.minTissueFraction) {
     // Background answers at once, without the model: all class 0, and a one-hot class 0 for the classifier.

@@ -238,6 +238,12 @@ export function tissueMask(rgb: Uint8Array, width: number, height: number, out: 
   return out;
 }
 
+/** tissueMask into `out`, returning the tissue pixel count (the mask's sum, which the mask's last pass counts). */
+export function tissueMaskInto(rgb: Uint8Array, width: number, height: number, out: Uint8Array): number {
+  if (out.length < width * height) throw new RangeError(`mask buffer has ${out.length} bytes, expected ${width}x${height}`);
+  return computeMask(rgb, width, height, out);
+}
+
 /** tissueMask by the TypeScript implementation alone (tests compare the WebAssembly kernel with it). */
 export function tissueMaskTs(rgb: Uint8Array, width: number, height: number): Uint8Array {
   const out = new Uint8Array(width * height);
