@@ -232,9 +232,9 @@ function computeMaskTs(rgb: Uint8Array, w: number, h: number, out: Uint8Array): 
  * 4-connected to the tile border) are filled, then a square opening removes salt-and-pepper specks.
  * Returns 1 = tissue, 0 = background, one byte per pixel.
  */
-export function tissueMask(rgb: Uint8Array, width: number, height: number, out: Uint8Array = new Uint8Array(width * height)): Uint8Array {
-  if (out.length < width * height) throw new RangeError(`mask buffer has ${out.length} bytes, expected ${width}x${height}`);
-  computeMask(rgb, width, height, out);
+export function tissueMask(rgb: Uint8Array, width: number, height: number): Uint8Array {
+  const out = new Uint8Array(width * height);
+  tissueMaskInto(rgb, width, height, out);
   return out;
 }
 
