@@ -6,9 +6,9 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { preparePatches } from '../src/training/patchPreparation.js';
-import { readDataset } from '../src/training/readDataset.js';
-import { writeSynthDataset } from '../src/training/synthDataset.js';
+import { preparePatches } from '../src/training/prepare/patchPreparation.js';
+import { readDataset } from '../src/data/datasets/readDataset.js';
+import { writeSynthDataset } from '../src/synth/dataset.js';
 
 const OUT_DIR = fileURLToPath(new URL('results', import.meta.url));
 const SLIDES = 10;

@@ -22,10 +22,10 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { evaluateModel } from '../src/evaluation/evaluateModel.js';
 import { resolveModel } from '../src/model/repository.js';
-import { SYNTH_DEFAULT_SIZE } from '../src/training/synthSlides.js';
-import { writeSynthDataset } from '../src/training/synthDataset.js';
-import { parseSetting } from '../src/training/trainCommand.js';
-import { SETTINGS, type Setting } from '../src/training/trainingData.js';
+import { SYNTH_DEFAULT_SIZE } from '../src/synth/slides.js';
+import { writeSynthDataset } from '../src/synth/dataset.js';
+import { parseSetting } from '../src/cli/trainCommand.js';
+import { SETTINGS, type Setting } from '../src/training/fit/trainingData.js';
 import {
   type ExperimentRun,
   METRICS,

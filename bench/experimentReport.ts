@@ -1,7 +1,7 @@
 // The S vs S+C experiment's report (paper Sec. 3.3, Fig. 3): metrics relative to S at s = 100%, as a markdown table
 // and a line plot. Pure functions of the recorded runs, so the report can be rebuilt from bench/results alone.
 import sharp from 'sharp';
-import { SETTINGS, type Setting } from '../src/training/trainingData.js';
+import { SETTINGS, type Setting } from '../src/training/fit/trainingData.js';
 
 export const METRICS = ['macroF1', 'microF1', 'foregroundAccuracy', 'bachScore', 'accuracy'] as const;
 export type MetricName = (typeof METRICS)[number];

@@ -17,11 +17,11 @@ import { connect } from '../src/client/segmentationClient.js';
 import { EnginePool } from '../src/engine/workerPool.js';
 import { OnnxEngine } from '../src/engine/onnxEngine.js';
 import { TfjsEngine } from '../src/engine/tfjsEngine.js';
-import { INPUT_SIZE } from '../src/model/constants.js';
+import { INPUT_SIZE } from '../src/util/constants.js';
 import { resolveModel } from '../src/model/repository.js';
 import { loadConfig } from '../src/server/config.js';
 import { SegmentationServiceService, SegmentTilesRequest, SegmentTilesResponse, type Tile } from '../src/proto/gen/histoseg/v1/segmentation.js';
-import { tissueFraction } from '../src/preprocess/tissue.js';
+import { tissueFraction } from '../src/imaging/tissue.js';
 import { cpuSnap, foreign, HZ, procCpu, splitThreads, threadCpu } from './cpuLoad.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));

@@ -15,12 +15,12 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import * as tf from '@tensorflow/tfjs';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
-import { initWasmBackend } from '../src/engine/tfjsBackend.js';
-import { registerWasmTrainingKernels } from '../src/engine/wasmGradKernels.js';
-import { buildSegClsModel } from '../src/model/architecture.js';
-import { INPUT_SIZE } from '../src/model/constants.js';
-import { ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, ADAM_LEARNING_RATE, BATCH_SIZE } from '../src/training/hyperparameters.js';
-import { jointLoss } from '../src/training/losses.js';
+import { initWasmBackend } from '../src/tf/backend.js';
+import { registerWasmTrainingKernels } from '../src/tf/gradKernels/index.js';
+import { buildSegClsModel } from '../src/model/network/architecture.js';
+import { INPUT_SIZE } from '../src/util/constants.js';
+import { ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, ADAM_LEARNING_RATE, BATCH_SIZE } from '../src/training/fit/hyperparameters.js';
+import { jointLoss } from '../src/training/fit/losses.js';
 import { cpuSnap, foreign } from './cpuLoad.js';
 
 const OUT_DIR = fileURLToPath(new URL('results', import.meta.url));

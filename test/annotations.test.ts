@@ -7,7 +7,7 @@ import {
   labelsToGeoJson,
   parseBachXml,
   rasterisePolygons,
-} from '../src/training/annotations.js';
+} from '../src/data/labels/annotations.js';
 
 const CLASSES = ['normal', 'benign', 'in situ', 'invasive'];
 

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { selectTfBackend } from '../src/engine/tfjsBackend.js';
-import { buildSegClsModel, ENCODER_BLOCKS, LAYER, modelNumClasses } from '../src/model/architecture.js';
+import { selectTfBackend } from '../src/tf/backend.js';
+import { buildSegClsModel, ENCODER_BLOCKS, LAYER, modelNumClasses } from '../src/model/network/architecture.js';
 
 before(async () => {
   assert.equal(await selectTfBackend(), 'wasm');

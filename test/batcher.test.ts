@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
 import { describe, it } from 'node:test';
 import type { PoolResult, RgbBatch } from '../src/engine/workerPool.js';
-import { Batcher, BatcherStoppedError, type BatchRunner } from '../src/inference/batcher.js';
+import { Batcher, BatcherStoppedError, type BatchRunner } from '../src/pipeline/batcher.js';
 
 /** A fake engine whose batches finish only when the test says so; it echoes each window's first value. */
 class FakeRunner extends EventEmitter implements BatchRunner {

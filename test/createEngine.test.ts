@@ -6,9 +6,9 @@ import { after, before, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { createEngine } from '../src/engine/createEngine.js';
 import { relativeL2, type EngineKind } from '../src/engine/engine.js';
-import { selectTfBackend } from '../src/engine/tfjsBackend.js';
-import { buildSegClsModel } from '../src/model/architecture.js';
-import { BACH_CLASSES } from '../src/model/constants.js';
+import { selectTfBackend } from '../src/tf/backend.js';
+import { buildSegClsModel } from '../src/model/network/architecture.js';
+import { BACH_CLASSES } from '../src/util/constants.js';
 import { resolveModel, saveModelVersion, type ModelEntry } from '../src/model/repository.js';
 import { testManifest } from './support/manifest.js';
 

@@ -6,15 +6,15 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
 import sharp from 'sharp';
-import { writeLabelMap } from '../src/evaluation/labelMap.js';
-import { MODEL_MPP } from '../src/model/constants.js';
-import { labelsToGeoJson } from '../src/training/annotations.js';
-import { BACH_WSI_MPP } from '../src/training/bachLayout.js';
-import { loadSlideLabels, readGenericDataset, sizeAtMpp, writeGenericDataset } from '../src/training/dataset.js';
-import { readDataset } from '../src/training/readDataset.js';
-import { openSlide, readSlideRgb, UnsupportedSlideError } from '../src/training/slideReader.js';
+import { writeLabelMap } from '../src/data/labels/labelMap.js';
+import { MODEL_MPP } from '../src/util/constants.js';
+import { labelsToGeoJson } from '../src/data/labels/annotations.js';
+import { BACH_WSI_MPP } from '../src/data/datasets/bachLayout.js';
+import { loadSlideLabels, readGenericDataset, sizeAtMpp, writeGenericDataset } from '../src/data/datasets/dataset.js';
+import { readDataset } from '../src/data/datasets/readDataset.js';
+import { openSlide, readSlideRgb, UnsupportedSlideError } from '../src/data/slides/slideReader.js';
 
-const SLIDES = fileURLToPath(new URL('../../shared/data/slides/', import.meta.url));
+const SLIDES = fileURLToPath(new URL('../../shared/data/slides', import.meta.url));
 const CLASSES = ['normal', 'benign', 'in situ', 'invasive'];
 
 async function png(path: string, width: number, height: number, rgb = [230, 150, 200]): Promise<void> {

@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { readDataset } from '../src/training/readDataset.js';
-import { sizeAtMpp } from '../src/training/dataset.js';
-import { writeSynthDataset } from '../src/training/synthDataset.js';
+import { readDataset } from '../src/data/datasets/readDataset.js';
+import { sizeAtMpp } from '../src/data/datasets/dataset.js';
+import { writeSynthDataset } from '../src/synth/dataset.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 let dir: string;

@@ -16,7 +16,7 @@ import {
   TABLE_START,
   tableMarkdown,
 } from '../bench/experimentReport.js';
-import type { Setting } from '../src/training/trainingData.js';
+import type { Setting } from '../src/training/fit/trainingData.js';
 
 function run(setting: Setting, percent: number, seed: number, macroF1: number, bachScore = macroF1): ExperimentRun {
   const metrics = Object.fromEntries(METRICS.map((m) => [m, 0.5])) as Record<MetricName, number | null>;

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { before, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { selectTfBackend } from '../src/engine/tfjsBackend.js';
-import { registerWasmTrainingKernels } from '../src/engine/wasmGradKernels.js';
-import { BN_EPSILON, BN_MOMENTUM } from '../src/model/constants.js';
+import { selectTfBackend } from '../src/tf/backend.js';
+import { registerWasmTrainingKernels } from '../src/tf/gradKernels/index.js';
+import { BN_EPSILON, BN_MOMENTUM } from '../src/util/constants.js';
 import { rng } from './support/random.js';
 
 /**

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
-import { selectTfBackend } from '../src/engine/tfjsBackend.js';
-import { buildSegClsModel, LAYER } from '../src/model/architecture.js';
-import { encodeSafetensors, importTorchWeights, parseSafetensors } from '../src/model/importWeights.js';
+import { selectTfBackend } from '../src/tf/backend.js';
+import { buildSegClsModel, LAYER } from '../src/model/network/architecture.js';
+import { encodeSafetensors, importTorchWeights, parseSafetensors } from '../src/model/network/importWeights.js';
 
 before(async () => {
   assert.equal(await selectTfBackend(), 'wasm');

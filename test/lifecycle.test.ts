@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { credentials, makeClientConstructor, status, type ClientDuplexStream, type ServiceError, type StatusObject } from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import { connect, segmentTiles, type HistosegClients } from '../src/client/segmentationClient.js';
-import type { Batcher } from '../src/inference/batcher.js';
+import type { Batcher } from '../src/pipeline/batcher.js';
 import { TileStatus, type SegmentTilesRequest, type SegmentTilesResponse, type Tile } from '../src/proto/gen/histoseg/v1/segmentation.js';
 import { loadConfig } from '../src/server/config.js';
 import { startServer, type RunningServer } from '../src/server/grpcServer.js';

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
-import { decodePlainPng, encodeGreyPng } from '../src/preprocess/maskPng.js';
+import { decodePlainPng, encodeGreyPng } from '../src/imaging/png.js';
 
 test('encodeGreyPng writes a PNG that sharp reads back exactly', async () => {
   const w = 131, h = 67;

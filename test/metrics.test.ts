@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { Command } from 'commander';
 import sharp from 'sharp';
-import { registerEvaluate } from '../src/evaluation/evaluateCommand.js';
-import { writeLabelMap } from '../src/evaluation/labelMap.js';
+import { registerEvaluate } from '../src/cli/evaluateCommand.js';
+import { writeLabelMap } from '../src/data/labels/labelMap.js';
 import { ConfusionAccumulator, computeMetrics } from '../src/evaluation/metrics.js';
 
 const u8 = (xs: number[]) => Uint8Array.from(xs);

@@ -4,10 +4,10 @@ import * as tf from '@tensorflow/tfjs';
 import onnxProto from 'onnx-proto';
 import { relativeL2 } from '../src/engine/engine.js';
 import { OnnxEngine } from '../src/engine/onnxEngine.js';
-import { selectTfBackend } from '../src/engine/tfjsBackend.js';
+import { selectTfBackend } from '../src/tf/backend.js';
 import { TfjsEngine } from '../src/engine/tfjsEngine.js';
-import { buildSegClsModel } from '../src/model/architecture.js';
-import { exportOnnx } from '../src/model/onnxExport.js';
+import { buildSegClsModel } from '../src/model/network/architecture.js';
+import { exportOnnx } from '../src/model/network/onnxExport.js';
 
 const C = 4;
 

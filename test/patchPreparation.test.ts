@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import sharp from 'sharp';
-import { readLabelMap, writeLabelMap } from '../src/evaluation/labelMap.js';
-import { connectedComponents } from '../src/training/components.js';
-import { readGenericDataset } from '../src/training/dataset.js';
+import { readLabelMap, writeLabelMap } from '../src/data/labels/labelMap.js';
+import { connectedComponents } from '../src/imaging/components.js';
+import { readGenericDataset } from '../src/data/datasets/dataset.js';
 import {
   chooseStainReference,
   componentCentres,
@@ -18,7 +18,7 @@ import {
   planSegPatches,
   preparePatches,
   type PrepareSummary,
-} from '../src/training/patchPreparation.js';
+} from '../src/training/prepare/patchPreparation.js';
 
 const D = PATCH_SIZE;
 const PINK = [230, 150, 200];

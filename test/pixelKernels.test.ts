@@ -2,16 +2,16 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { labelOneWindow, labelOneWindowTs } from '../src/inference/tileProcessor.js';
-import { compileKernels, kernelsModuleText } from '../src/preprocess/buildKernels.js';
-import { stainMapTs } from '../src/preprocess/macenko.js';
-import { KERNEL_MAX_PIXELS, kernelStainMap } from '../src/preprocess/pixelKernels.js';
-import { tissueMask, tissueMaskTs } from '../src/preprocess/tissue.js';
+import { labelOneWindow, labelOneWindowTs } from '../src/pipeline/segmentTile.js';
+import { compileKernels, kernelsModuleText } from '../src/imaging/kernels/buildKernels.js';
+import { stainMapTs } from '../src/imaging/macenko.js';
+import { KERNEL_MAX_PIXELS, kernelStainMap } from '../src/imaging/kernels/pixelKernels.js';
+import { tissueMask, tissueMaskTs } from '../src/imaging/tissue.js';
 import { rng } from './support/random.js';
 import { haveSlide, SLIDE_MISSING, slideAtModelScale } from './support/slideTiles.js';
 
 test('the committed WebAssembly is what pixelKernels.as.ts compiles to (npm run build:kernels)', async () => {
-  const committed = readFileSync(new URL('../src/preprocess/pixelKernelsWasm.ts', import.meta.url), 'utf8');
+  const committed = readFileSync(new URL('../src/imaging/kernels/pixelKernelsWasm.ts', import.meta.url), 'utf8');
   assert.equal(committed, kernelsModuleText(await compileKernels()));
 });
 
@@ -92,7 +92,7 @@ test('without WebAssembly (node --jitless) the tile path falls back to the TypeS
   const rand = rng(21);
   const rgb = syntheticTile(rand, 64, 48);
   const script = `
-    const { tissueMask } = await import(${JSON.stringify(new URL('../src/preprocess/tissue.ts', import.meta.url).href)});
+    const { tissueMask } = await import(${JSON.stringify(new URL('../src/imaging/tissue.ts', import.meta.url).href)});
     const rgb = Uint8Array.from(${JSON.stringify(Array.from(rgb))});
     process.stdout.write(Buffer.from(tissueMask(rgb, 64, 48)).toString('base64'));`;
   const r = spawnSync(process.execPath, ['--jitless', '--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' });

@@ -9,7 +9,7 @@ import {
   encodeMaskPng,
   resizeLabels,
   resizeRgb,
-} from '../src/preprocess/decode.js';
+} from '../src/imaging/decode.js';
 
 const LIMITS = { maxPixels: 16_777_216 };
 const svsPath = fileURLToPath(new URL('../../shared/data/slides/CMU-1-Small-Region.svs', import.meta.url));

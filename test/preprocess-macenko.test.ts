@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { decodeImage, type RgbImage } from '../src/preprocess/decode.js';
+import { decodeImage, type RgbImage } from '../src/imaging/decode.js';
 import {
   MACENKO_IO,
   STAIN_SAMPLE_PIXELS,
@@ -13,7 +13,7 @@ import {
   normalizeStain,
   symmetricEigen3,
   type StainParams,
-} from '../src/preprocess/macenko.js';
+} from '../src/imaging/macenko.js';
 import { rng } from './support/random.js';
 
 const sourcePath = fileURLToPath(new URL('../../shared/data/stain/he_source.png', import.meta.url));

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE } from '../src/model/constants.js';
-import { Blender, extractWindow, planWindows, writeModelInput, type Window } from '../src/preprocess/tiling.js';
+import { IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE } from '../src/util/constants.js';
+import { extractWindow, planWindows, type Window } from '../src/imaging/windows.js';
+import { Blender } from '../src/imaging/blend.js';
+import { writeModelInput } from '../src/imaging/modelInput.js';
 
 const SIZES = [1, 127, 128, 129, 300, 1000];
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { decodeImage } from '../src/preprocess/decode.js';
+import { decodeImage } from '../src/imaging/decode.js';
 import {
   MIN_FOREGROUND_FRACTION,
   OPENING_SIZE,
@@ -10,12 +10,12 @@ import {
   tissueFraction,
   tissueMask,
   tissueMaskInto,
-} from '../src/preprocess/tissue.js';
+} from '../src/imaging/tissue.js';
 import { rng } from './support/random.js';
 
 const PINK = [200, 120, 180] as const;
 const WHITE = [245, 245, 245] as const;
-const ebhiPath = fileURLToPath(new URL('../../shared/data/ebhi/images/', import.meta.url));
+const ebhiPath = fileURLToPath(new URL('../../shared/data/ebhi/images', import.meta.url));
 
 /** A w x h tile of background with tissue wherever isTissue(x, y). */
 function tile(w: number, h: number, isTissue: (x: number, y: number) => boolean): Uint8Array {

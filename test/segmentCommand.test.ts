@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { status, type ServiceError } from '@grpc/grpc-js';
 import sharp from 'sharp';
-import { parseModelRef, readTokenFile, segmentImage, type SegmentSummary } from '../src/client/segmentCommand.js';
+import { parseModelRef, readTokenFile, segmentImage, type SegmentSummary } from '../src/cli/segmentCommand.js';
 import { loadConfig } from '../src/server/config.js';
 import { startServer, type RunningServer } from '../src/server/grpcServer.js';
 import { createLogger } from '../src/telemetry/logger.js';

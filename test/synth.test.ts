@@ -4,12 +4,12 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { after, before, test } from 'node:test';
 import sharp from 'sharp';
-import { readLabelMap } from '../src/evaluation/labelMap.js';
-import { readGenericDataset } from '../src/training/dataset.js';
-import { SYNTH_PATCH_SIZE } from '../src/training/synthPatches.js';
-import { Rng } from '../src/training/synthRandom.js';
-import { synthSplit, writeSynthDataset } from '../src/training/synthDataset.js';
-import { SYNTH_CLASSES } from '../src/training/synthSlides.js';
+import { readLabelMap } from '../src/data/labels/labelMap.js';
+import { readGenericDataset } from '../src/data/datasets/dataset.js';
+import { SYNTH_PATCH_SIZE } from '../src/synth/patches.js';
+import { Rng } from '../src/util/rng.js';
+import { synthSplit, writeSynthDataset } from '../src/synth/dataset.js';
+import { SYNTH_CLASSES } from '../src/synth/slides.js';
 
 // Small slides keep the suite fast; the generator's scale (structure sizes in px) is the same at any slide size.
 const SIZE = 384;

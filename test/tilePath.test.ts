@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { BytePool } from '../src/inference/bufferPool.js';
+import { BytePool } from '../src/pipeline/bufferPool.js';
 import sharp from 'sharp';
-import type { LoadedModel } from '../src/inference/modelRegistry.js';
-import { SlideStain } from '../src/inference/slideStain.js';
-import { labelOneWindow, processTile } from '../src/inference/tileProcessor.js';
+import type { LoadedModel } from '../src/pipeline/modelRegistry.js';
+import { SlideStain } from '../src/pipeline/slideStain.js';
+import { labelOneWindow, processTile } from '../src/pipeline/segmentTile.js';
 import { TileStatus, type SegmentTilesResponse, type Tile } from '../src/proto/gen/histoseg/v1/segmentation.js';
 import { testManifest } from './support/manifest.js';
 import { rng } from './support/random.js';

@@ -6,16 +6,16 @@ import { after, before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { Command } from 'commander';
 import { OnnxEngine } from '../src/engine/onnxEngine.js';
-import { selectTfBackend } from '../src/engine/tfjsBackend.js';
+import { selectTfBackend } from '../src/tf/backend.js';
 import { readManifest } from '../src/model/manifest.js';
 import { listModels } from '../src/model/repository.js';
-import { loadLayersModel } from '../src/model/tfjsIO.js';
-import { readDataset } from '../src/training/readDataset.js';
-import { writeSynthDataset } from '../src/training/synthDataset.js';
-import { classWeights, itemCrossEntropy, weightedPixelCrossEntropy } from '../src/training/losses.js';
-import { epochOrder, fractionCount, selectPatches } from '../src/training/trainingData.js';
-import { train, type TrainOptions } from '../src/training/trainer.js';
-import { parseSegFraction, registerTrain } from '../src/training/trainCommand.js';
+import { loadLayersModel } from '../src/model/network/tfjsIO.js';
+import { readDataset } from '../src/data/datasets/readDataset.js';
+import { writeSynthDataset } from '../src/synth/dataset.js';
+import { classWeights, itemCrossEntropy, weightedPixelCrossEntropy } from '../src/training/fit/losses.js';
+import { epochOrder, fractionCount, selectPatches } from '../src/training/fit/trainingData.js';
+import { train, type TrainOptions } from '../src/training/fit/trainer.js';
+import { parseSegFraction, registerTrain } from '../src/cli/trainCommand.js';
 
 const logSoftmax = (z: number[]) => {
   const m = Math.max(...z);

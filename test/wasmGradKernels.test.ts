@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { relativeL2 } from '../src/engine/engine.js';
-import { selectTfBackend } from '../src/engine/tfjsBackend.js';
+import { selectTfBackend } from '../src/tf/backend.js';
 import {
   conv2DBackpropFilterConfig,
   conv2DBackpropInputConfig,
@@ -12,7 +12,7 @@ import {
   sumConfig,
   tileConfig,
   unregisterWasmTrainingKernels,
-} from '../src/engine/wasmGradKernels.js';
+} from '../src/tf/gradKernels/index.js';
 import { rng } from './support/random.js';
 
 type Pad = 'same' | 'valid' | number | tf.backend_util.ExplicitPadding;

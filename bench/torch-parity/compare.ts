@@ -4,11 +4,11 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { relativeL2 } from '../../src/engine/engine.js';
 import { OnnxEngine } from '../../src/engine/onnxEngine.js';
-import { selectTfBackend } from '../../src/engine/tfjsBackend.js';
+import { selectTfBackend } from '../../src/tf/backend.js';
 import { TfjsEngine } from '../../src/engine/tfjsEngine.js';
-import { buildSegClsModel } from '../../src/model/architecture.js';
-import { importTorchWeights, readSafetensorsFile } from '../../src/model/importWeights.js';
-import { exportOnnx } from '../../src/model/onnxExport.js';
+import { buildSegClsModel } from '../../src/model/network/architecture.js';
+import { importTorchWeights, readSafetensorsFile } from '../../src/model/network/importWeights.js';
+import { exportOnnx } from '../../src/model/network/onnxExport.js';
 
 const dir = process.argv[2];
 if (!dir) throw new Error('usage: compare.ts <folder>');

@@ -1,13 +1,13 @@
 import { Command } from 'commander';
 import { registerServe } from './serveCommand.js';
-import { registerSegment } from '../client/segmentCommand.js';
-import { registerImportWeights } from '../model/importWeightsCommand.js';
-import { registerInitModel } from '../model/initModelCommand.js';
-import { registerSynth } from '../training/synthCommand.js';
-import { registerEvaluate } from '../evaluation/evaluateCommand.js';
-import { registerIngest } from '../training/ingestCommand.js';
-import { registerPrepare } from '../training/prepareCommand.js';
-import { registerTrain } from '../training/trainCommand.js';
+import { registerSegment } from './segmentCommand.js';
+import { registerImportWeights } from './importWeightsCommand.js';
+import { registerInitModel } from './initModelCommand.js';
+import { registerSynth } from './synthCommand.js';
+import { registerEvaluate } from './evaluateCommand.js';
+import { registerIngest } from './ingestCommand.js';
+import { registerPrepare } from './prepareCommand.js';
+import { registerTrain } from './trainCommand.js';
 
 // Each area registers its own commands; this file only assembles them.
 const program = new Command()

@@ -1,4 +1,4 @@
-import { INPUT_SIZE } from '../model/constants.js';
+import { INPUT_SIZE } from '../util/constants.js';
 import type { EngineInput } from './engine.js';
 
 /** Elements of one NCHW RGB tile. */

@@ -2,7 +2,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { createEngine } from './createEngine.js';
 import type { Engine } from './engine.js';
-import { writeModelInput } from '../preprocess/tiling.js';
+import { writeModelInput } from '../imaging/modelInput.js';
 import type { WorkerInit, WorkerReply, WorkerRequest } from './workerProtocol.js';
 
 const port = parentPort;

@@ -1,9 +1,9 @@
 import * as ort from 'onnxruntime-node';
-import { INPUT_SIZE } from '../model/constants.js';
-import { ONNX_INPUT, ONNX_OUTPUTS, ONNX_SEG16 } from '../model/onnxInterface.js';
-import { SEG16_SIZE } from '../model/constants.js';
+import { INPUT_SIZE } from '../util/constants.js';
+import { ONNX_INPUT, ONNX_OUTPUTS, ONNX_SEG16 } from '../model/network/onnxInterface.js';
+import { SEG16_SIZE } from '../util/constants.js';
 import type { Device, Engine, EngineInput, EngineOutput, MaskOutput } from './engine.js';
-import { assertEngineInput, ownedArray } from './engineInput.js';
+import { assertEngineInput, ownedArray } from '../engine/engineInput.js';
 
 export interface OnnxEngineOptions {
   /** Threads inside one operator; match the cores this engine really has (engine-notes.md). */

@@ -1,10 +1,10 @@
 import * as tf from '@tensorflow/tfjs';
-import { LAYER, modelNumClasses } from '../model/architecture.js';
-import { INPUT_SIZE, SEG16_SIZE } from '../model/constants.js';
-import { loadLayersModel } from '../model/tfjsIO.js';
+import { LAYER, modelNumClasses } from '../model/network/architecture.js';
+import { INPUT_SIZE, SEG16_SIZE } from '../util/constants.js';
+import { loadLayersModel } from '../model/network/tfjsIO.js';
 import type { Engine, EngineInput, EngineOutput, MaskOutput } from './engine.js';
-import { assertEngineInput, ownedArray } from './engineInput.js';
-import { selectTfBackend } from './tfjsBackend.js';
+import { assertEngineInput, ownedArray } from '../engine/engineInput.js';
+import { selectTfBackend } from '../tf/backend.js';
 
 /** TF.js engine with the same NCHW interface as OnnxEngine: the model is NHWC, so it transposes in and out. */
 export class TfjsEngine implements Engine {

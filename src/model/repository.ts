@@ -191,9 +191,9 @@ export async function saveModelVersion(
   const m = parsed.data;
   // Loaded here only: the serving path lists and resolves models without pulling in TF.js.
   const [{ modelNumClasses }, { exportOnnx }, { saveLayersModel }] = await Promise.all([
-    import('./architecture.js'),
-    import('./onnxExport.js'),
-    import('./tfjsIO.js'),
+    import('./network/architecture.js'),
+    import('./network/onnxExport.js'),
+    import('./network/tfjsIO.js'),
   ]);
   const numClasses = modelNumClasses(model);
   if (numClasses !== m.classes.length) {

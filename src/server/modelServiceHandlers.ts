@@ -1,5 +1,5 @@
 import type { sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
-import type { ModelRegistry } from '../inference/modelRegistry.js';
+import type { ModelRegistry } from '../pipeline/modelRegistry.js';
 import type { Manifest } from '../model/manifest.js';
 import type { GetModelRequest, GetModelResponse, ListModelsRequest, ListModelsResponse, ModelInfo, ModelServiceServer } from '../proto/gen/histoseg/v1/model.js';
 import type { TokenAuth } from './auth.js';

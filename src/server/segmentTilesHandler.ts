@@ -1,9 +1,9 @@
 import { setMaxListeners } from 'node:events';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
-import { BatcherStoppedError } from '../inference/batcher.js';
-import { InvalidModelRefError, ModelNotFoundError, TooManyModelsError, type ModelRegistry } from '../inference/modelRegistry.js';
-import { invalid, processTile, TooManyPixelsError, type StreamContext } from '../inference/tileProcessor.js';
-import { SlideStain } from '../inference/slideStain.js';
+import { BatcherStoppedError } from '../pipeline/batcher.js';
+import { InvalidModelRefError, ModelNotFoundError, TooManyModelsError, type ModelRegistry } from '../pipeline/modelRegistry.js';
+import { invalid, processTile, TooManyPixelsError, type StreamContext } from '../pipeline/segmentTile.js';
+import { SlideStain } from '../pipeline/slideStain.js';
 import { TileStatus, type SegmentTilesOptions, type SegmentTilesRequest, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import type { Tile } from '../../src/proto/gen/histoseg/v1/segmentation.js';
-import { MODEL_MPP } from '../../src/model/constants.js';
+import { MODEL_MPP } from '../../src/util/constants.js';
 
 export const SVS_PATH = fileURLToPath(new URL('../../../shared/data/slides/CMU-1-Small-Region.svs', import.meta.url));
 export const haveSlide = existsSync(SVS_PATH);

@@ -1,0 +1,279 @@
+import { TileStatus, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
+import { decodeImage, encodeMaskPng, InvalidImageError, PixelLimitError, resizeLabels, resizeRgb, type RgbImage } from '../imaging/decode.js';
+import { tissueMaskInto } from '../imaging/tissue.js';
+import { extractWindow, planWindows, WINDOW_OVERLAP } from '../imaging/windows.js';
+import { Blender, classFractions } from '../imaging/blend.js';
+import { kernelLabelOneWindow } from '../imaging/kernels/pixelKernels.js';
+import { BytePool } from './bufferPool.js';
+import type { LoadedModel } from './modelRegistry.js';
+import type { SlideStain } from './slideStain.js';
+
+/** Relative mpp difference below which a tile is taken at the model's scale as it is. */
+const MPP_TOLERANCE = 0.02;
+
+export interface TileLimits {
+  maxPixels: number;
+}
+
+/** Per-stream (per-slide) state: options, and the stain estimate shared by all the slide's tiles. */
+export interface StreamContext {
+  readonly model: LoadedModel;
+  readonly minTissueFraction: number;
+  readonly omitMask: boolean;
+  /** Undefined when stain normalisation is off or the model has no reference. */
+  readonly stain?: SlideStain;
+  readonly signal: AbortSignal;
+}
+
+export class TooManyPixelsError extends Error {}
+
+/** A background answer's mask PNG depends only on its size: cache a few. */
+const zeroMasks = new Map<string, Promise<Buffer>>();
+function zeroMaskPng(width: number, height: number): Promise<Buffer> {
+  const k = `${width}x${height}`;
+  let p = zeroMasks.get(k);
+  if (!p) {
+    if (zeroMasks.size >= 64) zeroMasks.delete(zeroMasks.keys().next().value!);
+    p = encodeMaskPng(new Uint8Array(width * height), width, height);
+    zeroMasks.set(k, p);
+  }
+  return p;
+}
+
+function softmaxInto(logits: Float32Array, out: Float64Array, weight: number): void {
+  let max = -Infinity;
+  for (const v of logits) if (v > max) max = v;
+  let sum = 0;
+  const e = new Float64Array(logits.length);
+  for (let i = 0; i < logits.length; i++) sum += e[i] = Math.exp(logits[i] - max);
+  for (let i = 0; i < logits.length; i++) out[i] += (weight * e[i]) / sum;
+}
+
+/** The tile path's buffers (decoded, tissue mask, normalised, labels), shared by all streams. */
+export const tileBuffers = new BytePool();
+
+// Scratch for the one-window labels: used synchronously, so one of each serves every tile.
+let smallLabels = new Uint8Array(0);
+let smallBest = new Float32Array(0);
+
+/**
+ * The labels of a tile that is exactly one window, in one pass: argmax over the C planes of the m x m decoder
+ * logits (before the model's nearest upsampling: they commute, and this is (n/m)^2 less work), nearest upsampling
+ * to n x n, glass pixels (tissue 0) set to class 0, and the pixel count per class added to `counts`.
+ */
+export function labelOneWindow(logits: Float32Array, C: number, m: number, n: number, tissue: Uint8Array, out: Uint8Array, counts: Float64Array): void {
+  const plane = m * m;
+  if (n % m !== 0) throw new RangeError(`mask side ${m} does not divide the window side ${n}`);
+  if (logits.length < C * plane || tissue.length < n * n || out.length < n * n || counts.length < C) {
+    throw new RangeError('labelOneWindow: buffer too small');
+  }
+  if (!kernelLabelOneWindow(logits, C, m, n, tissue, out, counts)) labelOneWindowTs(logits, C, m, n, tissue, out, counts);
+}
+
+/** labelOneWindow in TypeScript: the kernel's reference (tested against it). */
+export function labelOneWindowTs(logits: Float32Array, C: number, m: number, n: number, tissue: Uint8Array, out: Uint8Array, counts: Float64Array): void {
+  const plane = m * m;
+  if (smallLabels.length < plane) {
+    smallLabels = new Uint8Array(plane);
+    smallBest = new Float32Array(plane);
+  }
+  const lab = smallLabels;
+  const best = smallBest;
+  for (let i = 0; i < plane; i++) {
+    best[i] = logits[i]!;
+    lab[i] = 0;
+  }
+  for (let c = 1; c < C; c++) {
+    const off = c * plane;
+    for (let i = 0; i < plane; i++) {
+      const v = logits[off + i]!;
+      if (v > best[i]!) {
+        best[i] = v;
+        lab[i] = c;
+      }
+    }
+  }
+  const f = n / m;
+  for (let y = 0; y < n; y++) {
+    const row = Math.floor(y / f) * m;
+    const o = y * n;
+    for (let cx = 0; cx < m; cx++) {
+      const label = lab[row + cx]!;
+      // tissue is 0 or 1, so label & -t is the label on tissue and 0 on glass.
+      let onTissue = 0;
+      for (let x = o + cx * f, end = x + f; x < end; x++) {
+        const t = tissue[x]!;
+        out[x] = label & -t;
+        onTissue += t;
+      }
+      counts[label]! += onTissue;
+      counts[0]! += f - onTissue;
+    }
+  }
+}
+
+/** The same for C planes of logits, for windows that are blended. */
+function upsampleLogits(logits: Float32Array, C: number, m: number, n: number): Float32Array {
+  if (m === n) return logits;
+  const f = n / m;
+  const out = new Float32Array(C * n * n);
+  for (let c = 0; c < C; c++) {
+    for (let y = 0; y < n; y++) {
+      const row = c * m * m + ((y / f) | 0) * m;
+      for (let x = 0; x < n; x++) out[c * n * n + y * n + x] = logits[row + ((x / f) | 0)];
+    }
+  }
+  return out;
+}
+
+function base(tile: Tile, model: LoadedModel): SegmentTilesResponse {
+  return {
+    tileId: tile.tileId,
+    status: TileStatus.TILE_STATUS_UNSPECIFIED,
+    mask: Buffer.alloc(0),
+    classProbabilities: [],
+    classFractions: [],
+    tissueFraction: 0,
+    modelVersion: model.manifest.version,
+    modelName: model.manifest.name,
+    error: '',
+    x: tile.x,
+    y: tile.y,
+    width: 0,
+    height: 0,
+    predictedClass: 0,
+    queueSeconds: 0,
+    computeSeconds: 0,
+  };
+}
+
+export function invalid(tile: Tile, model: LoadedModel, error: string): SegmentTilesResponse {
+  return { ...base(tile, model), status: TileStatus.TILE_STATUS_INVALID, error };
+}
+
+/**
+ * One tile, from encoded bytes to its answer. Bad images become INVALID answers; only a tile over the pixel
+ * limit throws (TooManyPixelsError), because the stream then ends with RESOURCE_EXHAUSTED.
+ */
+export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLimits): Promise<SegmentTilesResponse> {
+  const { model } = ctx;
+  if (!Number.isFinite(tile.mpp) || tile.mpp < 0) return invalid(tile, model, `mpp must be a finite number >= 0, got ${tile.mpp}`);
+  if (tile.image.length === 0) return invalid(tile, model, 'image is empty');
+  // Every pooled buffer this tile takes goes back when its answer is built (or it fails): nothing outlives it.
+  const taken: Uint8Array[] = [];
+  const take = (length: number): Uint8Array => {
+    const b = tileBuffers.acquire(length);
+    taken.push(b);
+    return b;
+  };
+  // Until its windows are queued, this tile tells the batcher that more work is coming (Batcher.prepare).
+  const queued = model.batcher.prepare();
+  try {
+    return await segment(tile, ctx, limits, take, queued);
+  } finally {
+    queued();
+    for (const b of taken) tileBuffers.release(b);
+  }
+}
+
+async function segment(
+  tile: Tile,
+  ctx: StreamContext,
+  limits: TileLimits,
+  take: (length: number) => Uint8Array,
+  queued: () => void,
+): Promise<SegmentTilesResponse> {
+  const { model } = ctx;
+  const manifest = model.manifest;
+  let img: RgbImage;
+  try {
+    img = await decodeImage(tile.image, { maxPixels: limits.maxPixels }, take);
+  } catch (err) {
+    if (err instanceof PixelLimitError) throw new TooManyPixelsError(err.message);
+    if (err instanceof InvalidImageError) return invalid(tile, model, err.message);
+    throw err;
+  }
+  const { width, height } = img;
+  const C = manifest.classes.length;
+  const size = manifest.inputSize;
+
+  // Bring the tile to the model's scale (1.25X in the paper); the mask goes back to the tile's own size.
+  let work = img;
+  if (tile.mpp > 0 && Math.abs(tile.mpp - manifest.mpp) / manifest.mpp > MPP_TOLERANCE) {
+    const s = tile.mpp / manifest.mpp;
+    work = await resizeRgb(img, Math.max(1, Math.round(width * s)), Math.max(1, Math.round(height * s)));
+  }
+  const pixels = work.width * work.height;
+  const tissue = take(pixels);
+  const tissueFraction = tissueMaskInto(work.data, work.width, work.height, tissue) / pixels;
+
+  if (tissueFraction < ctx.minTissueFraction) {
+    // Background answers at once, without the model: all class 0, and a one-hot class 0 for the classifier.
+    const probs = new Array<number>(C).fill(0);
+    probs[0] = 1;
+    return {
+      ...base(tile, model),
+      status: TileStatus.TILE_STATUS_BACKGROUND,
+      mask: ctx.omitMask ? Buffer.alloc(0) : await zeroMaskPng(width, height),
+      classProbabilities: probs,
+      classFractions: probs.slice(),
+      tissueFraction,
+      width,
+      height,
+    };
+  }
+
+  let rgb = work.data;
+  if (ctx.stain) rgb = ctx.stain.normalize(rgb, pixels, tissue, take(pixels * 3));
+  const normalized: RgbImage = { data: rgb, width: work.width, height: work.height };
+
+  const windows = planWindows(work.width, work.height, size, WINDOW_OVERLAP);
+  // The common case: a tile of exactly one window goes as it is (the batcher copies it), and is not blended.
+  const oneWindow = windows.length === 1 && work.width === size && work.height === size;
+  const pending = windows.map((win) => model.batcher.enqueue(oneWindow ? normalized.data : extractWindow(normalized, win, size), ctx.signal));
+  queued();
+  const results = await Promise.all(pending);
+
+  const probs = new Float64Array(C);
+  let queueSeconds = 0;
+  let computeSeconds = 0;
+  for (let i = 0; i < windows.length; i++) {
+    softmaxInto(results[i].cls, probs, 1 / windows.length);
+    queueSeconds = Math.max(queueSeconds, results[i].queueSeconds);
+    computeSeconds = Math.max(computeSeconds, results[i].computeSeconds);
+  }
+  let labels: Uint8Array;
+  let counts: Float64Array | undefined;
+  if (oneWindow) {
+    labels = take(size * size);
+    counts = new Float64Array(C);
+    labelOneWindow(results[0].mask, C, results[0].maskSize, size, tissue, labels, counts);
+  } else {
+    const blender = new Blender(work.width, work.height, C, size);
+    for (let i = 0; i < windows.length; i++) blender.add(windows[i], upsampleLogits(results[i].mask, C, results[i].maskSize, size), 0);
+    labels = blender.labels();
+    // Glass is background whatever the model says: the tissue mask is the paper's own foreground rule (App. B.1).
+    for (let i = 0; i < labels.length; i++) if (tissue[i] === 0) labels[i] = 0;
+  }
+  if (work.width !== width || work.height !== height) {
+    labels = await resizeLabels(labels, work.width, work.height, width, height);
+    counts = undefined;
+  }
+  const fractions = counts ? Array.from(counts, (c) => c / labels.length) : classFractions(labels, C);
+
+  let predicted = 0;
+  for (let c = 1; c < C; c++) if (probs[c] > probs[predicted]) predicted = c;
+  return {
+    ...base(tile, model),
+    status: TileStatus.TILE_STATUS_SEGMENTED,
+    mask: ctx.omitMask ? Buffer.alloc(0) : await encodeMaskPng(labels, width, height),
+    classProbabilities: Array.from(probs),
+    classFractions: fractions,
+    tissueFraction,
+    width,
+    height,
+    predictedClass: predicted,
+    queueSeconds,
+    computeSeconds,
+  };
+}
