@@ -7,7 +7,7 @@ import type { Dataset } from '../../data/datasets/dataset.js';
 import { type PatchIndex, preparePatches } from '../prepare/patchPreparation.js';
 import { fit, type FitHooks, type FitResult } from '../fit/trainer.js';
 import { loadTrainingItems, normalizeTrainingItems, type Setting } from '../fit/trainingData.js';
-import { loadValidationSlides, validate } from '../fit/validation.js';
+import { loadValidationSlides, trainingManifest, validate } from '../fit/validation.js';
 
 export interface TrainOptions {
   readonly dataset: Dataset;
@@ -78,7 +78,8 @@ export async function train(o: TrainOptions, hooks: FitHooks = {}): Promise<Trai
   } else {
     log('no stain reference could be estimated from the training images: training without Macenko normalisation');
   }
-  const valSlides = await loadValidationSlides(o.dataset, reference);
+  const valSlides = await loadValidationSlides(o.dataset);
+  const manifest = trainingManifest(classes, reference);
   if (valSlides.length === 0) log('no validation slide (dataset.json split "validation"): the last epoch is kept');
   const result = await fit(
     items,
@@ -98,7 +99,7 @@ export async function train(o: TrainOptions, hooks: FitHooks = {}): Promise<Trai
     },
     {
       ...hooks,
-      validate: hooks.validate ?? (async (model) => validate(model, valSlides, classes.length)),
+      validate: hooks.validate ?? ((model) => validate(model, valSlides, manifest)),
       onProgress: (e) => {
         if (e.kind === 'start' && o.resume) log(e.resumed ? `resuming after epoch ${e.epochsDone}` : `no checkpoint in ${o.workDir}: starting from scratch`);
         hooks.onProgress?.(e);
