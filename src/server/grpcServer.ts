@@ -17,8 +17,6 @@ import { modelServiceHandlers } from './modelServiceHandlers.js';
 import { segmentTilesHandler } from './segmentTilesHandler.js';
 
 const SERVICES = ['', 'histoseg.v1.SegmentationService', 'histoseg.v1.ModelService'];
-/** Models loaded at once, each with its own engine workers. */
-const MAX_LOADED_MODELS = 4;
 
 export interface RunningServer {
   readonly port: number;
@@ -64,7 +62,8 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       maxBatch: config.maxBatch,
       maxDelayMs: config.maxDelayMs,
       queueCapacity: config.queueCapacity,
-      maxLoadedModels: MAX_LOADED_MODELS,
+      maxLoadedModels: config.maxLoadedModels,
+      pollMs: config.modelPollMs,
     },
     log,
     metrics,
@@ -80,7 +79,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
     SegmentationServiceService,
     { segmentTiles: segmentTilesHandler({ config, registry, log, metrics, auth, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
   );
-  server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, auth));
+  server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, auth, log));
   health.addToServer(server);
   // Health is described too, so `grpcurl ... grpc.health.v1.Health/Check` works from reflection alone.
   const packageDefinition = loadSync(['histoseg/v1/segmentation.proto', 'histoseg/v1/model.proto', 'health.proto'], {
