@@ -4,12 +4,18 @@ import type { Manifest } from '../model/manifest.js';
 import { listModels, readDefaultModel, resolveModel, writeDefaultModel, type ModelEntry } from '../model/repository.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { Batcher } from './batcher.js';
+import { Batcher, type BatchRunner } from './batcher.js';
+
+/** What runs a loaded model's batches: the engine worker pool, or an engine in this thread (InProcessRunner). */
+export interface ModelRunner extends BatchRunner {
+  readonly engineName: string;
+  close(): Promise<void>;
+}
 
 export interface LoadedModel {
   readonly manifest: Manifest;
   readonly dir: string;
-  readonly pool: EnginePool;
+  readonly pool: ModelRunner;
   readonly batcher: Batcher;
 }
 
