@@ -36,6 +36,7 @@ export function registerServe(program: Command): void {
     .option('--tls-key <file>', 'PEM private key (HISTOSEG_TLS_KEY)')
     .option('--tls-client-ca <file>', 'require client certificates signed by this CA (HISTOSEG_TLS_CLIENT_CA)')
     .option('--tokens-file <file>', 'lines of "<role> <token>", role segment, train or admin (HISTOSEG_TOKENS_FILE)')
+    .option('--training <bool>', 'serve the TrainingService and run jobs here (HISTOSEG_TRAINING, default true)')
     .option('--datasets <dir>', 'example store for uploaded training examples and job records (HISTOSEG_DATASETS, default datasets)')
     .option('--max-example-pixels <n>', 'largest uploaded example image, width x height (HISTOSEG_MAX_EXAMPLE_PIXELS, default 4096x4096)')
     .option('--max-dataset-examples <n>', 'examples per dataset (HISTOSEG_MAX_DATASET_EXAMPLES, default 100000)')

@@ -92,6 +92,15 @@ export class ModelRegistry {
     return this.defaultKey;
   }
 
+  /** The repository entry a reference names (empty name: the default; empty version: the newest), without loading it. */
+  async resolve(name: string, version: string): Promise<ModelEntry> {
+    if (!name) {
+      const [n, v] = this.defaultKey.split('@') as [string, string];
+      return resolveModel(this.opts.root, n, v);
+    }
+    return resolveModel(this.opts.root, name, version || undefined);
+  }
+
   /** Empty name: the default model. Empty version: the newest version of that name. */
   async get(name: string, version: string): Promise<LoadedModel> {
     const lease = await this.acquire(name, version);

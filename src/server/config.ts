@@ -44,6 +44,11 @@ export const ConfigSchema = z
     tlsClientCa: z.string().optional(),
     tokensFile: z.string().optional(),
     drainTimeoutS: z.coerce.number().min(0).max(3600).default(25),
+    /**
+     * Serve the TrainingService and run jobs here. Serving replicas that share the model repository with a training
+     * server set it to false (only one server may run the jobs of one example store).
+     */
+    training: bool.default(true),
     /** Example store for uploaded training examples (a volume in Kubernetes); job records live in its .jobs/ folder. */
     datasets: z.string().min(1).default('datasets'),
     /** Pixels of one uploaded example image (a bigger one is rejected with its id). */

@@ -160,11 +160,20 @@ export class ExampleStore {
     readonly limits: StoreLimits,
   ) {}
 
-  /** Opens (creating) the store and indexes what is on disk; temp files left by a crash are swept. */
+  /**
+   * Opens the store and indexes what is on disk; temp files left by a crash are swept. The folder is created with
+   * the first dataset, so a server that never trains leaves no trace.
+   */
   static async open(root: string, limits: StoreLimits): Promise<ExampleStore> {
     const store = new ExampleStore(resolve(root), limits);
-    await mkdir(store.root, { recursive: true });
-    for (const e of await readdir(store.root, { withFileTypes: true })) {
+    let names: import('node:fs').Dirent[];
+    try {
+      names = await readdir(store.root, { withFileTypes: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return store;
+      throw new Error(`cannot read the example store ${store.root}: ${(err as Error).message}`);
+    }
+    for (const e of names) {
       if (!e.isDirectory() || !DATASET_NAME.test(e.name)) continue;
       const state = await store.scan(e.name);
       if (state) {
@@ -238,6 +247,7 @@ export class ExampleStore {
     await mkdir(join(dir, EXAMPLES_DIR), { recursive: true });
     await fsyncDir(dir);
     await fsyncDir(this.root);
+    await fsyncDir(join(this.root, '..')).catch(() => undefined);
     await writeJsonDurable(join(dir, DATASET_FILE), { schema: 1, name, classes, createdAt: new Date().toISOString() });
     const state: DatasetState = { classes: [...classes], entries: new Map(), bytes: 0, lock: Promise.resolve() };
     this.datasets.set(name, state);
