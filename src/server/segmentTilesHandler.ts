@@ -1,7 +1,7 @@
 import { setMaxListeners } from 'node:events';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { BatcherStoppedError } from '../pipeline/batcher.js';
-import { InvalidModelRefError, ModelNotFoundError, TooManyModelsError, type ModelRegistry } from '../pipeline/modelRegistry.js';
+import { InvalidModelRefError, ModelNotFoundError, type ModelLease, type ModelRegistry } from '../pipeline/modelRegistry.js';
 import { invalid, processTile, TooManyPixelsError, type StreamContext } from '../pipeline/segmentTile.js';
 import { SlideStain } from '../pipeline/slideStain.js';
 import { TileStatus, type SegmentTilesOptions, type SegmentTilesRequest, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
@@ -37,19 +37,21 @@ export function segmentTilesHandler(deps: HandlerDeps): (call: Call) => void {
   return (call) => deps.track(handle(call, deps));
 }
 
-async function streamContext(options: SegmentTilesOptions | undefined, deps: HandlerDeps, signal: AbortSignal): Promise<StreamContext> {
+/** The stream's model is leased for the whole stream: it finishes on the version it started with. */
+async function streamContext(options: SegmentTilesOptions | undefined, deps: HandlerDeps, signal: AbortSignal, hold: (l: ModelLease) => void): Promise<StreamContext> {
   const o = options;
   const min = o?.minTissueFraction;
   if (min !== undefined && !(min >= 0 && min <= 1)) throw invalidArgument(`min_tissue_fraction must be in [0, 1], got ${min}`);
-  let model;
+  let lease: ModelLease;
   try {
-    model = await deps.registry.get(o?.modelName ?? '', o?.modelVersion ?? '');
+    lease = await deps.registry.acquire(o?.modelName ?? '', o?.modelVersion ?? '');
   } catch (err) {
     if (err instanceof ModelNotFoundError) throw notFound(err.message);
     if (err instanceof InvalidModelRefError) throw invalidArgument(err.message);
-    if (err instanceof TooManyModelsError) throw resourceExhausted(err.message);
     throw err;
   }
+  hold(lease);
+  const model = lease.model;
   const stainOn = (o?.stainNormalization ?? deps.config.stainNormalization) && !!model.manifest.stainReference;
   return {
     model,
@@ -88,6 +90,7 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   const timer = Number.isFinite(ms) ? setTimeout(onCancel, Math.max(0, ms)) : undefined;
 
   metrics.streams.inc();
+  let lease: ModelLease | undefined;
   const writer = new OrderedWriter<SegmentTilesResponse>(call, signal, fail);
   try {
     if (deps.draining()) throw unavailable('server is shutting down');
@@ -101,14 +104,14 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
       if (ended) break;
       if (req.options) {
         if (!first) throw invalidArgument('options may only come in the first message of a stream');
-        ctx = await streamContext(req.options, deps, signal);
+        ctx = await streamContext(req.options, deps, signal, (l) => (lease = l));
       }
       first = false;
       if (!req.tile) {
         if (!req.options) throw invalidArgument('a message must carry options (first message only) or a tile');
         continue;
       }
-      ctx ??= await streamContext(undefined, deps, signal);
+      ctx ??= await streamContext(undefined, deps, signal, (l) => (lease = l));
       // Backpressure: stop reading while this stream has too much in flight or the shared queue is full.
       await writer.waitBelow(config.streamWindow);
       await ctx.model.batcher.waitForCapacity(signal);
@@ -125,6 +128,8 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   } finally {
     clearTimeout(timer);
     metrics.streams.dec();
+    // After the last answer is written (or the stream failed): the version may now be unloaded when idle.
+    void writer.finish().catch(() => undefined).finally(() => lease?.release());
   }
 }
 
