@@ -1,12 +1,9 @@
 import { setMaxListeners } from 'node:events';
 import { availableParallelism } from 'node:os';
-import sharp from 'sharp';
 import { ModelRegistry } from '../pipeline/modelRegistry.js';
 import type { Manifest } from '../model/manifest.js';
 import { SlideStain } from '../pipeline/slideStain.js';
-import { processTile, type StreamContext } from '../pipeline/segmentTile.js';
-import { TileStatus } from '../proto/gen/histoseg/v1/segmentation.js';
-import { decodePlainPng } from '../imaging/png.js';
+import { TilePipeline, type StreamContext } from '../pipeline/segmentTile.js';
 import { loadSlideLabels, sizeAtMpp, type Split } from '../data/datasets/dataset.js';
 import { readDataset } from '../data/datasets/readDataset.js';
 import { openSlide, readSlideRgb } from '../data/slides/slideReader.js';
@@ -39,7 +36,8 @@ export interface EvaluateModelResult {
 
 /**
  * Segments every slide of a split through the serving path (the onnx engine in its worker, the batcher and
- * processTile, with the slide's own stain estimate) at the model's scale, and pools the confusion counts.
+ * the tile pipeline, with the slide's own stain estimate) at the model's scale, and pools the confusion counts.
+ * Tiles go in as RGB and labels come out as labels: no image encoding on the way.
  */
 export async function evaluateModel(opts: EvaluateModelOptions): Promise<EvaluateModelResult> {
   const [name, version] = opts.model.split('@');
@@ -59,6 +57,7 @@ export async function evaluateModel(opts: EvaluateModelOptions): Promise<Evaluat
     if (C !== dataset.classes.length) {
       throw new Error(`model ${m.name}@${m.version} has ${C} classes, dataset ${opts.data} has ${dataset.classes.length}`);
     }
+    const pipeline = new TilePipeline({ maxPixels: EVAL_TILE * EVAL_TILE });
     const acc = new ConfusionAccumulator(C);
     const background = new ConfusionAccumulator(C);
     for (const slide of slides) {
@@ -85,14 +84,12 @@ export async function evaluateModel(opts: EvaluateModelOptions): Promise<Evaluat
           const h = Math.min(EVAL_TILE, size.height - y);
           jobs.push(
             (async () => {
-              const image = await sharp(rgb.data, { raw: { width: size.width, height: size.height, channels: 3 } })
-                .extract({ left: x, top: y, width: w, height: h })
-                .png({ compressionLevel: 1 })
-                .toBuffer();
-              const res = await processTile({ tileId: '', image, mpp: 0, x, y }, ctx, { maxPixels: EVAL_TILE * EVAL_TILE });
-              if (res.status === TileStatus.TILE_STATUS_INVALID) throw new Error(`slide ${slide.name} tile ${x},${y}: ${res.error}`);
-              const labels = decodePlainPng(res.mask)!.data;
-              for (let r = 0; r < h; r++) pred.set(labels.subarray(r * w, (r + 1) * w), (y + r) * size.width + x);
+              const crop = new Uint8Array(w * h * 3);
+              for (let r = 0; r < h; r++) crop.set(rgb.data.subarray(((y + r) * size.width + x) * 3, ((y + r) * size.width + x + w) * 3), r * w * 3);
+              const res = await pipeline.segmentTile({ rgb: { data: crop, width: w, height: h }, mpp: 0 }, ctx);
+              if (res.status === 'invalid') throw new Error(`slide ${slide.name} tile ${x},${y}: ${res.error}`);
+              for (let r = 0; r < h; r++) pred.set(res.labels.subarray(r * w, (r + 1) * w), (y + r) * size.width + x);
+              res.release();
             })(),
           );
         }
