@@ -6,6 +6,7 @@ import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { ModelRegistry } from '../pipeline/modelRegistry.js';
+import { TilePipeline } from '../pipeline/segmentTile.js';
 import { ModelServiceService } from '../proto/gen/histoseg/v1/model.js';
 import { SegmentationServiceService } from '../proto/gen/histoseg/v1/segmentation.js';
 import { TrainingServiceService } from '../proto/gen/histoseg/v1/training.js';
@@ -85,7 +86,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   });
   server.addService(
     SegmentationServiceService,
-    { segmentTiles: segmentTilesHandler({ config, registry, log, metrics, auth, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
+    { segmentTiles: segmentTilesHandler({ config, registry, pipeline: new TilePipeline({ maxPixels: config.maxTilePixels }), log, metrics, auth, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
   );
   server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, auth, log));
   let jobs: JobManager | undefined;

@@ -2,12 +2,13 @@ import { setMaxListeners } from 'node:events';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { BatcherStoppedError } from '../pipeline/batcher.js';
 import { InvalidModelRefError, ModelNotFoundError, type ModelLease, type ModelRegistry } from '../pipeline/modelRegistry.js';
-import { invalid, processTile, TooManyPixelsError, type StreamContext } from '../pipeline/segmentTile.js';
+import { TooManyPixelsError, type StreamContext, type TilePipeline } from '../pipeline/segmentTile.js';
 import { SlideStain } from '../pipeline/slideStain.js';
 import { TileStatus, type SegmentTilesOptions, type SegmentTilesRequest, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { TokenAuth } from './auth.js';
+import { invalidResponse, toResponse } from './tileResponse.js';
 import type { Config } from './config.js';
 import { invalidArgument, notFound, resourceExhausted, StatusError, toStatus, unavailable } from './errors.js';
 import { OrderedWriter } from './orderedWriter.js';
@@ -15,6 +16,8 @@ import { OrderedWriter } from './orderedWriter.js';
 export interface HandlerDeps {
   config: Config;
   registry: ModelRegistry;
+  /** The tile path (and its buffer pool), shared by every stream. */
+  pipeline: TilePipeline;
   log: Logger;
   metrics: Metrics;
   auth?: TokenAuth;
@@ -137,10 +140,17 @@ async function answer(tile: Tile, ctx: StreamContext, deps: HandlerDeps): Promis
   const started = performance.now();
   deps.metrics.inflightTiles.inc();
   try {
-    const res =
-      tile.tileId.length > MAX_TILE_ID_LENGTH
-        ? invalid(tile, ctx.model, `tile_id is longer than ${MAX_TILE_ID_LENGTH} characters`)
-        : await processTile(tile, ctx, { maxPixels: deps.config.maxTilePixels });
+    let res: SegmentTilesResponse;
+    if (tile.tileId.length > MAX_TILE_ID_LENGTH) {
+      res = invalidResponse(tile, ctx.model.manifest, `tile_id is longer than ${MAX_TILE_ID_LENGTH} characters`);
+    } else {
+      const result = await deps.pipeline.segmentTile(tile, ctx);
+      try {
+        res = await toResponse(tile, result, ctx.model.manifest, ctx.omitMask);
+      } finally {
+        result.release();
+      }
+    }
     const label = STATUS_LABEL[res.status] ?? 'unknown';
     deps.metrics.tiles.inc({ status: label, model: ctx.model.manifest.name });
     deps.metrics.tileSeconds.observe({ status: label }, (performance.now() - started) / 1000);
