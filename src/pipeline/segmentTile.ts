@@ -1,5 +1,5 @@
 import { TileStatus, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
-import { decodeImage, encodeMaskPng, InvalidImageError, PixelLimitError, resizeLabels, resizeRgb, type RgbImage } from '../imaging/decode.js';
+import { decodeImage, encodeMaskPng, InvalidImageError, resizeLabels, resizeRgb, scaledSize, type RgbImage } from '../imaging/decode.js';
 import { tissueMaskInto } from '../imaging/tissue.js';
 import { extractWindow, planWindows, WINDOW_OVERLAP } from '../imaging/windows.js';
 import { Blender, classFractions } from '../imaging/blend.js';
@@ -10,6 +10,27 @@ import type { SlideStain } from './slideStain.js';
 
 /** Relative mpp difference below which a tile is taken at the model's scale as it is. */
 const MPP_TOLERANCE = 0.02;
+
+/**
+ * The microns per pixel a tile may claim (0 means "at the model's scale"). Brightfield scanners range from about
+ * 0.1 um/px (100X) to a few um/px for thumbnails; outside these bounds the value is a mistake, not a scale.
+ */
+export const MPP_RANGE = { min: 0.01, max: 1000 } as const;
+
+/** Why a tile's mpp cannot be used, or undefined when it can. */
+export function mppProblem(mpp: number): string | undefined {
+  if (!Number.isFinite(mpp)) return `mpp must be a finite number, got ${mpp}`;
+  if (mpp < 0) return `mpp must not be negative, got ${mpp}`;
+  if (mpp !== 0 && (mpp < MPP_RANGE.min || mpp > MPP_RANGE.max)) {
+    return `mpp must be 0 (tile already at the model's scale) or between ${MPP_RANGE.min} and ${MPP_RANGE.max} microns per pixel, got ${mpp}`;
+  }
+  return undefined;
+}
+
+/** The factor a tile is resampled by to reach the model's scale; 1 when it is taken as it is. */
+function tileScale(mpp: number, modelMpp: number): number {
+  return mpp > 0 && Math.abs(mpp - modelMpp) / modelMpp > MPP_TOLERANCE ? mpp / modelMpp : 1;
+}
 
 export interface TileLimits {
   maxPixels: number;
@@ -24,8 +45,6 @@ export interface StreamContext {
   readonly stain?: SlideStain;
   readonly signal: AbortSignal;
 }
-
-export class TooManyPixelsError extends Error {}
 
 /** A background answer's mask PNG depends only on its size: cache a few. */
 const zeroMasks = new Map<string, Promise<Buffer>>();
@@ -152,12 +171,14 @@ export function invalid(tile: Tile, model: LoadedModel, error: string): SegmentT
 }
 
 /**
- * One tile, from encoded bytes to its answer. Bad images become INVALID answers; only a tile over the pixel
- * limit throws (TooManyPixelsError), because the stream then ends with RESOURCE_EXHAUSTED.
+ * One tile, from encoded bytes to its answer. Bad input (an unreadable or corrupt image, a bad mpp, a tile over the
+ * pixel limit as decoded or after resampling) becomes an INVALID answer saying why, and the stream goes on; what
+ * throws is a bug or a stopped pipeline.
  */
 export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLimits): Promise<SegmentTilesResponse> {
   const { model } = ctx;
-  if (!Number.isFinite(tile.mpp) || tile.mpp < 0) return invalid(tile, model, `mpp must be a finite number >= 0, got ${tile.mpp}`);
+  const mppError = mppProblem(tile.mpp);
+  if (mppError) return invalid(tile, model, mppError);
   if (tile.image.length === 0) return invalid(tile, model, 'image is empty');
   // Every pooled buffer this tile takes goes back when its answer is built (or it fails): nothing outlives it.
   const taken: Uint8Array[] = [];
@@ -185,11 +206,12 @@ async function segment(
 ): Promise<SegmentTilesResponse> {
   const { model } = ctx;
   const manifest = model.manifest;
+  const scale = tileScale(tile.mpp, manifest.mpp);
   let img: RgbImage;
   try {
-    img = await decodeImage(tile.image, { maxPixels: limits.maxPixels }, take);
+    // The pixel limit holds on the decoded size and on the size after resampling, both checked from the header.
+    img = await decodeImage(tile.image, { maxPixels: limits.maxPixels, scale }, take);
   } catch (err) {
-    if (err instanceof PixelLimitError) throw new TooManyPixelsError(err.message);
     if (err instanceof InvalidImageError) return invalid(tile, model, err.message);
     throw err;
   }
@@ -199,9 +221,9 @@ async function segment(
 
   // Bring the tile to the model's scale (1.25X in the paper); the mask goes back to the tile's own size.
   let work = img;
-  if (tile.mpp > 0 && Math.abs(tile.mpp - manifest.mpp) / manifest.mpp > MPP_TOLERANCE) {
-    const s = tile.mpp / manifest.mpp;
-    work = await resizeRgb(img, Math.max(1, Math.round(width * s)), Math.max(1, Math.round(height * s)));
+  if (scale !== 1) {
+    const target = scaledSize(width, height, scale);
+    work = await resizeRgb(img, target.width, target.height);
   }
   const pixels = work.width * work.height;
   const tissue = take(pixels);

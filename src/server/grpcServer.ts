@@ -12,6 +12,7 @@ import { startTelemetryServer } from './httpServer.js';
 import type { Logger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
 import { TokenAuth } from './auth.js';
+import { AUTH_GUARD_DEFAULTS, AuthGuard } from './authGuard.js';
 import type { Config } from './config.js';
 import { modelServiceHandlers } from './modelServiceHandlers.js';
 import { segmentTilesHandler } from './segmentTilesHandler.js';
@@ -46,6 +47,9 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   const auth = config.tokensFile ? TokenAuth.fromFile(config.tokensFile) : undefined;
   const creds = credentials(config);
   if (!auth) log.warn('no tokens file: RPCs are not authenticated (set HISTOSEG_TOKENS_FILE)');
+  const guard = auth
+    ? new AuthGuard(auth, log, metrics, { ...AUTH_GUARD_DEFAULTS, freeFailures: config.authFreeFailures, maxDelayMs: config.authMaxDelayMs })
+    : undefined;
   if (!config.tlsCert) log.warn('TLS is off: tiles travel in clear text (set HISTOSEG_TLS_CERT and HISTOSEG_TLS_KEY)');
 
   const health = new HealthImplementation(Object.fromEntries(SERVICES.map((s) => [s, 'NOT_SERVING' as const])));
@@ -78,9 +82,9 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   });
   server.addService(
     SegmentationServiceService,
-    { segmentTiles: segmentTilesHandler({ config, registry, log, metrics, auth, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
+    { segmentTiles: segmentTilesHandler({ config, registry, log, metrics, auth: guard, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
   );
-  server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, auth));
+  server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, { auth: guard, log, metrics }));
   health.addToServer(server);
   // Health is described too, so `grpcurl ... grpc.health.v1.Health/Check` works from reflection alone.
   const packageDefinition = loadSync(['histoseg/v1/segmentation.proto', 'histoseg/v1/model.proto', 'health.proto'], {

@@ -2,7 +2,9 @@ import type { sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
 import type { ModelRegistry } from '../pipeline/modelRegistry.js';
 import type { Manifest } from '../model/manifest.js';
 import type { GetModelRequest, GetModelResponse, ListModelsRequest, ListModelsResponse, ModelInfo, ModelServiceServer } from '../proto/gen/histoseg/v1/model.js';
-import type { TokenAuth } from './auth.js';
+import type { Logger } from '../telemetry/logger.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import type { AuthGuard } from './authGuard.js';
 import { notFound, toStatus } from './errors.js';
 
 function info(m: Manifest, engine: string, isDefault: boolean, loaded: boolean): ModelInfo {
@@ -22,21 +24,31 @@ function info(m: Manifest, engine: string, isDefault: boolean, loaded: boolean):
   };
 }
 
-export function modelServiceHandlers(registry: ModelRegistry, configuredEngine: string, auth?: TokenAuth): ModelServiceServer {
+export interface ModelServiceDeps {
+  readonly auth?: AuthGuard;
+  readonly log: Logger;
+  readonly metrics?: Metrics;
+}
+
+export function modelServiceHandlers(registry: ModelRegistry, configuredEngine: string, deps: ModelServiceDeps): ModelServiceServer {
+  const { auth, log, metrics } = deps;
   const list = async () => (await registry.list()).map((e) => info(e.manifest, e.loaded?.pool.engineName ?? configuredEngine, e.isDefault, !!e.loaded));
   const unary =
-    <Req, Res>(fn: (req: Req) => Promise<Res>) =>
+    <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) =>
     (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
-      const denied = auth?.check(call.metadata, 'segment');
-      if (denied) return cb(denied.toServiceError(), null);
-      fn(call.request).then(
+      const report = { log, metrics, method: `ModelService/${method}` };
+      (async () => {
+        const denied = await auth?.check(call, 'segment', report.method);
+        if (denied) throw denied;
+        return fn(call.request);
+      })().then(
         (res) => cb(null, res),
-        (err) => cb(toStatus(err).toServiceError(), null),
+        (err) => cb(toStatus(err, report).toServiceError(), null),
       );
     };
   return {
-    listModels: unary<ListModelsRequest, ListModelsResponse>(async () => ({ models: await list() })),
-    getModel: unary<GetModelRequest, GetModelResponse>(async (req) => {
+    listModels: unary<ListModelsRequest, ListModelsResponse>('ListModels', async () => ({ models: await list() })),
+    getModel: unary<GetModelRequest, GetModelResponse>('GetModel', async (req) => {
       const all = await list();
       const name = req.name || all.find((m) => m.isDefault)?.name;
       const matches = all.filter((m) => m.name === name && (!req.version || m.version === req.version));

@@ -1,15 +1,14 @@
 import { setMaxListeners } from 'node:events';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
-import { BatcherStoppedError } from '../pipeline/batcher.js';
-import { InvalidModelRefError, ModelNotFoundError, TooManyModelsError, type ModelRegistry } from '../pipeline/modelRegistry.js';
-import { invalid, processTile, TooManyPixelsError, type StreamContext } from '../pipeline/segmentTile.js';
+import type { ModelRegistry } from '../pipeline/modelRegistry.js';
+import { invalid, processTile, type StreamContext } from '../pipeline/segmentTile.js';
 import { SlideStain } from '../pipeline/slideStain.js';
 import { TileStatus, type SegmentTilesOptions, type SegmentTilesRequest, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import type { TokenAuth } from './auth.js';
+import type { AuthGuard } from './authGuard.js';
 import type { Config } from './config.js';
-import { invalidArgument, notFound, resourceExhausted, StatusError, toStatus, unavailable } from './errors.js';
+import { invalidArgument, toStatus, unavailable } from './errors.js';
 import { OrderedWriter } from './orderedWriter.js';
 
 export interface HandlerDeps {
@@ -17,7 +16,7 @@ export interface HandlerDeps {
   registry: ModelRegistry;
   log: Logger;
   metrics: Metrics;
-  auth?: TokenAuth;
+  auth?: AuthGuard;
   /** True once SIGTERM arrived: new streams are refused, open ones finish. */
   draining(): boolean;
   /** Open streams, so shutdown can wait for them. */
@@ -41,15 +40,8 @@ async function streamContext(options: SegmentTilesOptions | undefined, deps: Han
   const o = options;
   const min = o?.minTissueFraction;
   if (min !== undefined && !(min >= 0 && min <= 1)) throw invalidArgument(`min_tissue_fraction must be in [0, 1], got ${min}`);
-  let model;
-  try {
-    model = await deps.registry.get(o?.modelName ?? '', o?.modelVersion ?? '');
-  } catch (err) {
-    if (err instanceof ModelNotFoundError) throw notFound(err.message);
-    if (err instanceof InvalidModelRefError) throw invalidArgument(err.message);
-    if (err instanceof TooManyModelsError) throw resourceExhausted(err.message);
-    throw err;
-  }
+  // Registry errors (not found, malformed name, too many models) map to their statuses in toStatus.
+  const model = await deps.registry.get(o?.modelName ?? '', o?.modelVersion ?? '');
   const stainOn = (o?.stainNormalization ?? deps.config.stainNormalization) && !!model.manifest.stainReference;
   return {
     model,
@@ -70,11 +62,7 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   const fail = (err: unknown) => {
     if (ended) return;
     ended = true;
-    const s = err instanceof TooManyPixelsError ? resourceExhausted(err.message) : err instanceof BatcherStoppedError ? unavailable(err.message) : toStatus(err);
-    if (!(err instanceof StatusError) && !(err instanceof TooManyPixelsError) && !(err instanceof BatcherStoppedError)) {
-      log.error({ err }, 'SegmentTiles failed');
-    }
-    metrics.requestErrors.inc({ code: String(s.code) });
+    const s = toStatus(err, { log, metrics, method: 'SegmentationService/SegmentTiles' });
     abort.abort(s);
     call.emit('error', s.toServiceError());
   };
@@ -91,7 +79,7 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   const writer = new OrderedWriter<SegmentTilesResponse>(call, signal, fail);
   try {
     if (deps.draining()) throw unavailable('server is shutting down');
-    const denied = deps.auth?.check(call.metadata, 'segment');
+    const denied = await deps.auth?.check(call, 'segment', 'SegmentationService/SegmentTiles');
     if (denied) throw denied;
 
     let ctx: StreamContext | undefined;

@@ -15,7 +15,8 @@ export class Metrics {
   readonly streams: Gauge;
   readonly executions: Counter;
   readonly inferences: Counter;
-  readonly requestErrors: Counter<'code'>;
+  readonly requestErrors: Counter<'code' | 'method'>;
+  readonly authFailures: Counter<'method' | 'reason'>;
   readonly modelInfo: Gauge<'name' | 'version' | 'engine' | 'trained'>;
 
   constructor(registry = new Registry(), opts: { processMetrics?: boolean } = {}) {
@@ -38,7 +39,18 @@ export class Metrics {
     this.streams = new Gauge({ name: 'histoseg_streams', help: 'Open SegmentTiles streams', registers: r });
     this.executions = new Counter({ name: 'histoseg_engine_executions_total', help: 'Engine batch executions', registers: r });
     this.inferences = new Counter({ name: 'histoseg_engine_inferences_total', help: 'Windows run through the engine', registers: r });
-    this.requestErrors = new Counter({ name: 'histoseg_rpc_errors_total', help: 'RPCs ended with a non-OK status, by code', labelNames: ['code'], registers: r });
+    this.requestErrors = new Counter({
+      name: 'histoseg_rpc_errors_total',
+      help: 'RPCs ended with a non-OK status, by numeric gRPC code and method (Service/Method)',
+      labelNames: ['code', 'method'],
+      registers: r,
+    });
+    this.authFailures = new Counter({
+      name: 'histoseg_auth_failures_total',
+      help: 'Failed token checks, by method and reason (missing, unknown-token, permission)',
+      labelNames: ['method', 'reason'],
+      registers: r,
+    });
     this.modelInfo = new Gauge({ name: 'histoseg_model_info', help: 'Loaded models (value 1)', labelNames: ['name', 'version', 'engine', 'trained'], registers: r });
   }
 }
