@@ -307,15 +307,14 @@ function endInterval(b: Uint8Array, p: number, acc: number, nbits: number, stuff
   const whole = real >> 3;
   const pad = real & 7;
   if (pad > 0 && ((acc >> (nbits - pad)) & ((1 << pad) - 1)) !== (1 << pad) - 1) return 'padding bits at the end of the scan data are not all ones';
-  if (whole > 0) return `${whole} byte(s) of scan data after the last MCU`;
   const n = b.length;
-  if (p >= n) return p;
   const atMarker = (q: number) => b[q] === 0xff && q + 1 < n && b[q + 1] !== 0x00;
-  if (!atMarker(p)) {
-    let extra = 0;
-    while (p < n && !atMarker(p)) p++, extra++;
+  if (whole > 0 || (p < n && !atMarker(p))) {
+    let extra = whole;
+    while (p < n && !atMarker(p)) p += b[p] === 0xff ? 2 : 1, extra++;
     return `${extra} byte(s) of scan data after the last MCU`;
   }
+  if (p >= n) return p;
   while (p + 1 < n && b[p + 1] === 0xff) p++;
   return p;
 }

@@ -25,10 +25,13 @@ interface PeerState {
   notBefore: number;
 }
 
-/** The address of a gRPC peer string without its port ("ipv4:10.0.0.1:5123" -> "ipv4:10.0.0.1"). */
+/** The address of a gRPC peer without its port ("10.0.0.1:5123" -> "10.0.0.1", "[::1]:5123" -> "[::1]"). */
 export function peerAddress(peer: string): string {
-  const m = /^(ipv4:[^:]+|ipv6:\[[^\]]+\]|ipv6:.*?)(:\d+)?$/.exec(peer);
-  return m ? m[1]! : peer;
+  const bracket = /^(.*\[[^\]]*\]):\d+$/.exec(peer);
+  if (bracket) return bracket[1]!;
+  const colons = peer.split(':').length - 1;
+  if (colons === 1 || (colons === 2 && /^ipv4:/.test(peer))) return peer.replace(/:\d+$/, '');
+  return peer;
 }
 
 /**
