@@ -134,6 +134,14 @@ export async function checkOnnxParity(model: tfTypes.LayersModel, numClasses: nu
   }
 }
 
+/** What a trained model's manifest says it was trained on. */
+function trainedOnText(dataset: { layout: string; synthetic?: boolean; description?: string; slides: unknown[]; patches: unknown[] }, base?: ModelEntry): string {
+  const what =
+    dataset.description ??
+    (dataset.synthetic ? 'synthetic slides, not real tissue' : `a ${dataset.layout} dataset of ${dataset.slides.length} slides and ${dataset.patches.length} patches`);
+  return base ? `${what}, fine-tuned from ${base.name}@${base.version} (trained on ${base.manifest.trainedOn})` : what;
+}
+
 /** Trains and writes a new version; returns it. */
 export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
   const log = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
@@ -192,6 +200,8 @@ export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
       inputSize: INPUT_SIZE,
       mpp: MODEL_MPP,
       trained: true,
+      trainedOn: trainedOnText(dataset, base),
+      demoOnly: dataset.synthetic === true || base?.manifest.demoOnly === true,
       stainReference: result.stainReference,
       createdAt: new Date().toISOString(),
       lineage: {

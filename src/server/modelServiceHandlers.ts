@@ -21,6 +21,8 @@ function info(m: Manifest, engine: string, isDefault: boolean, loaded: boolean):
     parent: m.lineage.parent ?? '',
     metrics: m.metrics,
     loaded,
+    trainedOn: m.trainedOn ?? 'unspecified',
+    demoOnly: m.demoOnly ?? false,
   };
 }
 
