@@ -2,6 +2,7 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import type * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
+import { fsyncPath, fsyncTree, processAlive } from '../util/durable.js';
 import { MANIFEST_FILE, ManifestSchema, readManifest, writeManifest, type Manifest } from './manifest.js';
 
 /**
@@ -201,8 +202,10 @@ export async function saveModelVersion(
   }
   const parent = join(resolve(root), m.name);
   const dir = join(parent, m.version);
+  await removeStaleTemporaries(root);
   if (!opts.overwrite && (await exists(dir))) throw new Error(`${dir} already exists`);
   const tmp = join(parent, `.${m.version}.tmp-${process.pid}-${Date.now()}`);
+  activeTemporaries.add(tmp);
   try {
     const tfjsPath = modelFilePath(tmp, m.files.tfjs);
     const onnxPath = modelFilePath(tmp, m.files.onnx);
@@ -211,14 +214,50 @@ export async function saveModelVersion(
     await saveLayersModel(model, tfjsPath);
     await writeFile(onnxPath, exportOnnx(model, numClasses));
     await writeManifest(join(tmp, MANIFEST_FILE), m);
+    await fsyncTree(tmp);
     if (opts.overwrite) await rm(dir, { recursive: true, force: true });
     await rename(tmp, dir);
+    await fsyncPath(parent);
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
     throw err;
+  } finally {
+    activeTemporaries.delete(tmp);
   }
   return { name: m.name, version: m.version, dir, manifest: m };
 }
+
+/** A version being written: `.<version>.tmp-<pid>-<ms>` beside the versions (saveModelVersion). */
+const TEMPORARY = /^\.(.+)\.tmp-(\d+)-(\d+)$/;
+
+/**
+ * Removes version folders a crashed writer left half-written (`<root>/<name>/.<version>.tmp-<pid>-<ms>/`) whose
+ * writer is no longer running. Every command that writes to the repository calls it first. Returns what it removed.
+ */
+export async function removeStaleTemporaries(root: string): Promise<string[]> {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = await subdirs(resolve(root));
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    for (const entry of await subdirs(join(resolve(root), name))) {
+      const m = TEMPORARY.exec(entry);
+      if (!m) continue;
+      const pid = Number(m[2]);
+      if (pid !== process.pid && processAlive(pid)) continue;
+      if (pid === process.pid && activeTemporaries.has(join(resolve(root), name, entry))) continue;
+      await rm(join(resolve(root), name, entry), { recursive: true, force: true });
+      removed.push(join(resolve(root), name, entry));
+    }
+  }
+  return removed;
+}
+
+/** Temporary folders this process is writing now. */
+const activeTemporaries = new Set<string>();
 
 /** Writes `<root>/default.json`; the model need not have a version yet. */
 export async function writeDefaultModel(root: string, name: string, version?: string): Promise<void> {
