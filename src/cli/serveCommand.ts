@@ -36,6 +36,8 @@ export function registerServe(program: Command): void {
     .option('--tls-key <file>', 'PEM private key (HISTOSEG_TLS_KEY)')
     .option('--tls-client-ca <file>', 'require client certificates signed by this CA (HISTOSEG_TLS_CLIENT_CA)')
     .option('--tokens-file <file>', 'lines of "<role> <token>", role segment or train (HISTOSEG_TOKENS_FILE)')
+    .option('--auth-free-failures <n>', 'failed token checks per peer address before its checks are slowed (HISTOSEG_AUTH_FREE_FAILURES, default 5)')
+    .option('--auth-max-delay-ms <ms>', 'longest delay of a slowed-down peer\'s check (HISTOSEG_AUTH_MAX_DELAY_MS, default 5000)')
     .option('--drain-timeout-s <s>', 'grace time for in-flight tiles on SIGTERM (HISTOSEG_DRAIN_TIMEOUT_S, default 25)')
     .option('--log-level <level>', 'pino level (HISTOSEG_LOG_LEVEL, default info)')
     .action(async (flags: Record<string, unknown>) => {
