@@ -2,7 +2,7 @@
 // needs ../shared: every image is made here.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -190,6 +190,34 @@ describe('JPEG scan walk', () => {
     await sharp(padded, { failOn: 'warning' }).raw().toBuffer(); // accepted by libjpeg
     assert.match(checkJpegScanSync(padded) ?? '', /40 byte\(s\) of scan data after the last MCU/);
     await assert.rejects(decodeImage(padded, { maxPixels: 1e7 }), /corrupt JPEG/);
+  });
+});
+
+describe('the stricter decoder does not refuse good images', () => {
+  it('decodes clean PNG, JPEG, WebP and TIFF tiles (made here, and from the real slides in ../shared/data when present)', async () => {
+    const sources: { name: string; bytes: Buffer }[] = [];
+    const made = await tissueLike(300, 200, 9);
+    sources.push({ name: 'made png', bytes: made });
+    for (const f of ['jpeg', 'webp', 'tiff'] as const) sources.push({ name: `made ${f}`, bytes: await sharp(made).toFormat(f).toBuffer() });
+    sources.push({ name: 'made progressive jpeg', bytes: await sharp(made).jpeg({ progressive: true }).toBuffer() });
+    sources.push({ name: 'made 16-bit png', bytes: await sharp(made).toColourspace('rgb16').png().toBuffer() });
+    sources.push({ name: 'made palette png', bytes: await sharp(made).png({ palette: true }).toBuffer() });
+    const shared = new URL('../../shared/data/', import.meta.url).pathname;
+    if (existsSync(shared)) {
+      for (const dir of ['stain', 'ebhi/images']) {
+        for (const f of readdirSync(join(shared, dir)).filter((n) => n.endsWith('.png'))) sources.push({ name: `${dir}/${f}`, bytes: readFileSync(join(shared, dir, f)) });
+      }
+      const svs = join(shared, 'slides/CMU-1-Small-Region.svs');
+      for (const [left, top] of [[0, 0], [800, 1200], [1500, 2400]] as const) {
+        const region = sharp(svs).extract({ left, top, width: 512, height: 512 }).removeAlpha();
+        for (const f of ['jpeg', 'webp', 'tiff', 'png'] as const) sources.push({ name: `svs ${left},${top} ${f}`, bytes: await region.clone().toFormat(f).toBuffer() });
+      }
+      sources.push({ name: 'the SVS itself (JPEG-in-TIFF)', bytes: readFileSync(svs) });
+    }
+    for (const { name, bytes } of sources) {
+      const img = await decodeImage(bytes, { maxPixels: 1 << 24 });
+      assert.ok(img.width > 0 && img.data.length === img.width * img.height * 3, name);
+    }
   });
 });
 
