@@ -21,6 +21,10 @@ export interface RegistryOptions {
   device: Device;
   threads: number;
   workers: number;
+  /** Batches posted to one worker at a time (the engine table's policy); default 1. */
+  batchesPerWorker?: number;
+  /** webgpu: accept a software adapter. */
+  allowSoftwareGpu?: boolean;
   maxBatch: number;
   maxDelayMs: number;
   queueCapacity: number;
@@ -80,7 +84,16 @@ export class ModelRegistry {
     const k = key(manifest);
     const p = (async () => {
       const started = performance.now();
-      const pool = await EnginePool.create({ kind: this.opts.engine, modelDir: dir, manifest, threads: this.opts.threads, workers: this.opts.workers, device: this.opts.device });
+      const pool = await EnginePool.create({
+        kind: this.opts.engine,
+        modelDir: dir,
+        manifest,
+        threads: this.opts.threads,
+        workers: this.opts.workers,
+        device: this.opts.device,
+        batchesPerWorker: this.opts.batchesPerWorker,
+        allowSoftwareGpu: this.opts.allowSoftwareGpu,
+      });
       const size = manifest.inputSize;
       const C = manifest.classes.length;
       const batcher = new Batcher(
@@ -92,6 +105,10 @@ export class ModelRegistry {
       // Warm-up: the first run pays for graph optimisation; do it before health says SERVING.
       await pool.run({ data: new Uint8Array(3 * size * size), n: 1 });
       this.metrics.modelInfo.set({ name: manifest.name, version: manifest.version, engine: pool.engineName, trained: String(manifest.trained) }, 1);
+      if (pool.adapter) {
+        const { vendor, architecture, device, description, software } = pool.adapter;
+        this.log.info({ model: k, engine: pool.engineName, gpu: { vendor, architecture, device, description, software } }, 'GPU adapter');
+      }
       this.log.info({ model: k, engine: pool.engineName, workers: pool.size, threads: this.opts.threads, ms: Math.round(performance.now() - started) }, 'model loaded');
       return { manifest, dir, pool, batcher, isDefault };
     })();
