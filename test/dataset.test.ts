@@ -14,7 +14,7 @@ import { loadSlideLabels, readGenericDataset, sizeAtMpp, writeGenericDataset } f
 import { readDataset } from '../src/data/datasets/readDataset.js';
 import { openSlide, readSlideRgb, UnsupportedSlideError } from '../src/data/slides/slideReader.js';
 
-const SLIDES = fileURLToPath(new URL('../../shared/data/slides', import.meta.url));
+const SLIDES = fileURLToPath(new URL('../../shared/data/slides/', import.meta.url));
 const CLASSES = ['normal', 'benign', 'in situ', 'invasive'];
 
 async function png(path: string, width: number, height: number, rgb = [230, 150, 200]): Promise<void> {

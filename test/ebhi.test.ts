@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import { loadSlideLabels } from '../src/data/datasets/dataset.js';
 import { EBHI_CLASSES, ebhiMaskToLabels, ingestEbhi, readEbhiLabels } from '../src/data/datasets/ebhi.js';
 
-const EBHI = fileURLToPath(new URL('../../shared/data/ebhi', import.meta.url));
+const EBHI = fileURLToPath(new URL('../../shared/data/ebhi/', import.meta.url));
 
 test('mask colours map to classes; anti-aliased edges against black do not become a third class', () => {
   const px = (...rgb: number[][]) => Uint8Array.from(rgb.flat());

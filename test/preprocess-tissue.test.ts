@@ -15,7 +15,7 @@ import { rng } from './support/random.js';
 
 const PINK = [200, 120, 180] as const;
 const WHITE = [245, 245, 245] as const;
-const ebhiPath = fileURLToPath(new URL('../../shared/data/ebhi/images', import.meta.url));
+const ebhiPath = fileURLToPath(new URL('../../shared/data/ebhi/images/', import.meta.url));
 
 /** A w x h tile of background with tissue wherever isTissue(x, y). */
 function tile(w: number, h: number, isTissue: (x: number, y: number) => boolean): Uint8Array {

@@ -5,6 +5,8 @@ import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import type { Command } from 'commander';
+import cliProgress from 'cli-progress';
+import type { FitEvent } from '../training/fit/trainer.js';
 import type * as tfTypes from '@tensorflow/tfjs';
 import { BACH_CLASSES, INPUT_SIZE, MODEL_MPP } from '../util/constants.js';
 import type { Manifest } from '../model/manifest.js';
@@ -138,7 +140,7 @@ export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
   // TF.js loads only when this command runs, not whenever the CLI starts.
   const [{ readDataset }, { train }, { listModels, modelFilePath, resolveModel, saveModelVersion }] = await Promise.all([
     import('../data/datasets/readDataset.js'),
-    import('../training/fit/trainer.js'),
+    import('../training/jobs/trainOnDataset.js'),
     import('../model/repository.js'),
   ]);
   const existing = await listModels(opts.models).catch(() => [] as ModelEntry[]);
@@ -157,6 +159,7 @@ export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
     throw new Error(`--base ${opts.base} has ${base.manifest.classes.length} classes, the dataset ${dataset.classes.length}`);
   }
   const hash = await datasetHash(opts.data);
+  const progress = trainProgress(opts.progress ?? process.stderr.isTTY === true, log);
   const result = await train({
     dataset,
     setting: opts.setting,
@@ -169,9 +172,8 @@ export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
     baseModel: base ? modelFilePath(base.dir, base.manifest.files.tfjs) : undefined,
     resume: opts.resume,
     maxStepsPerEpoch: opts.maxSteps,
-    progress: opts.progress,
     log,
-  });
+  }, { onProgress: progress.onEvent }).finally(() => progress.stop());
   try {
     const parity = await checkOnnxParity(result.model, dataset.classes.length, opts.seed);
     const v = result.validation;
@@ -223,6 +225,49 @@ export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
   } finally {
     result.model.dispose();
   }
+}
+
+/**
+ * A progress bar on stderr for a terminal, else one plain line per epoch. With a bar, the epoch lines wait until it
+ * stops, so they do not tear it.
+ */
+function trainProgress(useBar: boolean, log: (line: string) => void): { onEvent: (e: FitEvent) => void; stop: () => void } {
+  const bar = useBar
+    ? new cliProgress.SingleBar(
+        {
+          stream: process.stderr,
+          format: 'epoch {epoch}/{epochs} |{bar}| {value}/{total} steps | loss {loss} (seg {seg}, cls {cls}) | ETA {eta_formatted}',
+          etaBuffer: 50,
+        },
+        cliProgress.Presets.shades_classic,
+      )
+    : null;
+  const lines: string[] = [];
+  const fmt = (v: number | null) => (v === null ? 'n/a' : v.toFixed(4));
+  return {
+    onEvent(e) {
+      if (e.kind === 'start') {
+        bar?.start((e.epochs - e.epochsDone) * e.stepsPerEpoch, 0, { epoch: e.epochsDone + 1, epochs: e.epochs, loss: '-', seg: '-', cls: '-' });
+      } else if (e.kind === 'step') {
+        bar?.increment(1, { epoch: e.epoch, loss: e.loss.toFixed(4), seg: e.seg.toFixed(4), cls: e.cls.toFixed(4) });
+      } else {
+        const r = e.record;
+        const line =
+          `epoch ${r.epoch}/${e.epochs}: loss ${r.lossTotal.toFixed(4)} (seg ${r.lossSeg.toFixed(4)}, ` +
+          `cls ${r.lossCls.toFixed(4)}), ${e.imagesPerSecond.toFixed(1)} images/s` +
+          (r.macroF1 !== null || r.bachScore !== null ? `, validation macro F1 ${fmt(r.macroF1)}, BACH ${fmt(r.bachScore)}` : '') +
+          (e.best ? ' (best)' : '');
+        if (bar) {
+          bar.update({ epoch: Math.min(r.epoch + 1, e.epochs) });
+          lines.push(line);
+        } else log(line);
+      }
+    },
+    stop() {
+      bar?.stop();
+      lines.splice(0).forEach((l) => log(l));
+    },
+  };
 }
 
 function positiveInt(flag: string, value: string): number {

@@ -1,9 +1,10 @@
 import type { sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
-import type { ModelRegistry } from '../pipeline/modelRegistry.js';
+import { InvalidModelRefError, ModelNotFoundError, type ModelRegistry } from '../pipeline/modelRegistry.js';
+import type { Logger } from '../telemetry/logger.js';
 import type { Manifest } from '../model/manifest.js';
-import type { GetModelRequest, GetModelResponse, ListModelsRequest, ListModelsResponse, ModelInfo, ModelServiceServer } from '../proto/gen/histoseg/v1/model.js';
-import type { TokenAuth } from './auth.js';
-import { notFound, toStatus } from './errors.js';
+import type { ActivateModelRequest, ActivateModelResponse, GetModelRequest, GetModelResponse, ListModelsRequest, ListModelsResponse, ModelInfo, ModelServiceServer } from '../proto/gen/histoseg/v1/model.js';
+import type { Role, TokenAuth } from './auth.js';
+import { invalidArgument, notFound, toStatus } from './errors.js';
 
 function info(m: Manifest, engine: string, isDefault: boolean, loaded: boolean): ModelInfo {
   return {
@@ -22,16 +23,20 @@ function info(m: Manifest, engine: string, isDefault: boolean, loaded: boolean):
   };
 }
 
-export function modelServiceHandlers(registry: ModelRegistry, configuredEngine: string, auth?: TokenAuth): ModelServiceServer {
+export function modelServiceHandlers(registry: ModelRegistry, configuredEngine: string, auth: TokenAuth | undefined, log: Logger): ModelServiceServer {
   const list = async () => (await registry.list()).map((e) => info(e.manifest, e.loaded?.pool.engineName ?? configuredEngine, e.isDefault, !!e.loaded));
   const unary =
-    <Req, Res>(fn: (req: Req) => Promise<Res>) =>
+    <Req, Res>(fn: (req: Req) => Promise<Res>, role: Role = 'segment') =>
     (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
-      const denied = auth?.check(call.metadata, 'segment');
+      const denied = auth?.check(call.metadata, role);
       if (denied) return cb(denied.toServiceError(), null);
       fn(call.request).then(
         (res) => cb(null, res),
-        (err) => cb(toStatus(err).toServiceError(), null),
+        (err) => {
+          const s = err instanceof ModelNotFoundError ? notFound(err.message) : err instanceof InvalidModelRefError ? invalidArgument(err.message) : toStatus(err);
+          if (s.code === 13) log.error({ err }, 'ModelService call failed');
+          cb(s.toServiceError(), null);
+        },
       );
     };
   return {
@@ -47,5 +52,12 @@ export function modelServiceHandlers(registry: ModelRegistry, configuredEngine: 
       const pick = (!req.version && matches.find((m) => m.isDefault)) || matches[matches.length - 1];
       return { model: pick };
     }),
+    activateModel: unary<ActivateModelRequest, ActivateModelResponse>(async (req) => {
+      if (!req.name) throw invalidArgument('name is required');
+      const { entry, previous } = await registry.activate(req.name, req.version);
+      log.info({ model: `${entry.name}@${entry.version}`, previous }, 'model activated');
+      const model = (await list()).find((m) => m.name === entry.name && m.version === entry.version)!;
+      return { model, previous };
+    }, 'admin'),
   };
 }

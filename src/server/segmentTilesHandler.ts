@@ -1,13 +1,14 @@
 import { setMaxListeners } from 'node:events';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { BatcherStoppedError } from '../pipeline/batcher.js';
-import { InvalidModelRefError, ModelNotFoundError, TooManyModelsError, type ModelRegistry } from '../pipeline/modelRegistry.js';
-import { invalid, processTile, TooManyPixelsError, type StreamContext } from '../pipeline/segmentTile.js';
+import { InvalidModelRefError, ModelNotFoundError, type ModelLease, type ModelRegistry } from '../pipeline/modelRegistry.js';
+import { TooManyPixelsError, type StreamContext, type TilePipeline } from '../pipeline/segmentTile.js';
 import { SlideStain } from '../pipeline/slideStain.js';
 import { TileStatus, type SegmentTilesOptions, type SegmentTilesRequest, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { TokenAuth } from './auth.js';
+import { invalidResponse, toResponse } from './tileResponse.js';
 import type { Config } from './config.js';
 import { invalidArgument, notFound, resourceExhausted, StatusError, toStatus, unavailable } from './errors.js';
 import { OrderedWriter } from './orderedWriter.js';
@@ -15,6 +16,8 @@ import { OrderedWriter } from './orderedWriter.js';
 export interface HandlerDeps {
   config: Config;
   registry: ModelRegistry;
+  /** The tile path (and its buffer pool), shared by every stream. */
+  pipeline: TilePipeline;
   log: Logger;
   metrics: Metrics;
   auth?: TokenAuth;
@@ -37,19 +40,21 @@ export function segmentTilesHandler(deps: HandlerDeps): (call: Call) => void {
   return (call) => deps.track(handle(call, deps));
 }
 
-async function streamContext(options: SegmentTilesOptions | undefined, deps: HandlerDeps, signal: AbortSignal): Promise<StreamContext> {
+/** The stream's model is leased for the whole stream: it finishes on the version it started with. */
+async function streamContext(options: SegmentTilesOptions | undefined, deps: HandlerDeps, signal: AbortSignal, hold: (l: ModelLease) => void): Promise<StreamContext> {
   const o = options;
   const min = o?.minTissueFraction;
   if (min !== undefined && !(min >= 0 && min <= 1)) throw invalidArgument(`min_tissue_fraction must be in [0, 1], got ${min}`);
-  let model;
+  let lease: ModelLease;
   try {
-    model = await deps.registry.get(o?.modelName ?? '', o?.modelVersion ?? '');
+    lease = await deps.registry.acquire(o?.modelName ?? '', o?.modelVersion ?? '');
   } catch (err) {
     if (err instanceof ModelNotFoundError) throw notFound(err.message);
     if (err instanceof InvalidModelRefError) throw invalidArgument(err.message);
-    if (err instanceof TooManyModelsError) throw resourceExhausted(err.message);
     throw err;
   }
+  hold(lease);
+  const model = lease.model;
   const stainOn = (o?.stainNormalization ?? deps.config.stainNormalization) && !!model.manifest.stainReference;
   return {
     model,
@@ -88,6 +93,7 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   const timer = Number.isFinite(ms) ? setTimeout(onCancel, Math.max(0, ms)) : undefined;
 
   metrics.streams.inc();
+  let lease: ModelLease | undefined;
   const writer = new OrderedWriter<SegmentTilesResponse>(call, signal, fail);
   try {
     if (deps.draining()) throw unavailable('server is shutting down');
@@ -101,14 +107,14 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
       if (ended) break;
       if (req.options) {
         if (!first) throw invalidArgument('options may only come in the first message of a stream');
-        ctx = await streamContext(req.options, deps, signal);
+        ctx = await streamContext(req.options, deps, signal, (l) => (lease = l));
       }
       first = false;
       if (!req.tile) {
         if (!req.options) throw invalidArgument('a message must carry options (first message only) or a tile');
         continue;
       }
-      ctx ??= await streamContext(undefined, deps, signal);
+      ctx ??= await streamContext(undefined, deps, signal, (l) => (lease = l));
       // Backpressure: stop reading while this stream has too much in flight or the shared queue is full.
       await writer.waitBelow(config.streamWindow);
       await ctx.model.batcher.waitForCapacity(signal);
@@ -125,6 +131,8 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   } finally {
     clearTimeout(timer);
     metrics.streams.dec();
+    // After the last answer is written (or the stream failed): the version may now be unloaded when idle.
+    void writer.finish().catch(() => undefined).finally(() => lease?.release());
   }
 }
 
@@ -132,10 +140,17 @@ async function answer(tile: Tile, ctx: StreamContext, deps: HandlerDeps): Promis
   const started = performance.now();
   deps.metrics.inflightTiles.inc();
   try {
-    const res =
-      tile.tileId.length > MAX_TILE_ID_LENGTH
-        ? invalid(tile, ctx.model, `tile_id is longer than ${MAX_TILE_ID_LENGTH} characters`)
-        : await processTile(tile, ctx, { maxPixels: deps.config.maxTilePixels });
+    let res: SegmentTilesResponse;
+    if (tile.tileId.length > MAX_TILE_ID_LENGTH) {
+      res = invalidResponse(tile, ctx.model.manifest, `tile_id is longer than ${MAX_TILE_ID_LENGTH} characters`);
+    } else {
+      const result = await deps.pipeline.segmentTile(tile, ctx);
+      try {
+        res = await toResponse(tile, result, ctx.model.manifest, ctx.omitMask);
+      } finally {
+        result.release();
+      }
+    }
     const label = STATUS_LABEL[res.status] ?? 'unknown';
     deps.metrics.tiles.inc({ status: label, model: ctx.model.manifest.name });
     deps.metrics.tileSeconds.observe({ status: label }, (performance.now() - started) / 1000);
