@@ -4,6 +4,7 @@ import type { Manifest } from '../model/manifest.js';
 import type { Device, EngineKind, EngineOutput } from './engine.js';
 import type { WorkerInit, WorkerReply } from './workerProtocol.js';
 import type { GpuAdapterInfo } from '../util/gpuAdapter.js';
+import { startModuleWorker } from '../util/moduleWorker.js';
 
 export interface PoolOptions {
   kind: EngineKind;
@@ -56,16 +57,8 @@ export class EngineUnavailableError extends Error {
 /** Waits before starting a replacement after a failed one: 1 s, doubling to 30 s (a model that no longer loads). */
 const RESPAWN_BACKOFF_MS = [1_000, 30_000] as const;
 
-/**
- * Compiled JS runs the worker file directly. From TypeScript source (tsx), the worker first registers tsx's
- * loader itself: Node 20 does not hand the parent's module hooks to worker threads.
- */
 function startWorker(workerData: WorkerInit): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./engineWorker.js', import.meta.url), { workerData });
-  const api = import.meta.resolve('tsx/esm/api');
-  const entry = new URL('./engineWorker.ts', import.meta.url).href;
-  const boot = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); })`;
-  return new Worker(boot, { eval: true, workerData });
+  return startModuleWorker(import.meta.url, 'engineWorker', workerData);
 }
 
 /**
