@@ -204,9 +204,7 @@ export async function saveModelVersion(
   const dir = join(parent, m.version);
   await removeStaleTemporaries(root);
   if (!opts.overwrite && (await exists(dir))) throw new Error(`${dir} already exists`);
-  const tmp = stagingDir(parent, m.version);
-  activeTemporaries.add(tmp);
-  try {
+  await stageVersion(parent, m.version, dir, !!opts.overwrite, async (tmp) => {
     const tfjsPath = modelFilePath(tmp, m.files.tfjs);
     const onnxPath = modelFilePath(tmp, m.files.onnx);
     await mkdir(dirname(tfjsPath), { recursive: true });
@@ -214,8 +212,27 @@ export async function saveModelVersion(
     await saveLayersModel(model, tfjsPath);
     await writeFile(onnxPath, exportOnnx(model, numClasses));
     await writeManifest(join(tmp, MANIFEST_FILE), m);
+  });
+  return { name: m.name, version: m.version, dir, manifest: m };
+}
+
+/** A hidden staging folder beside the version folder; listModels never reads it (its name is not a version). */
+function stagingDir(parent: string, version: string): string {
+  return join(parent, `${TEMP_PREFIX}${version}-${process.pid}-${Date.now()}`);
+}
+
+/**
+ * Writes a version through a staging folder: `fill` writes into it, the tree is fsynced, renamed to `dir` and the
+ * parent fsynced, so no reader ever sees half a version; on failure the staging folder is removed.
+ */
+async function stageVersion(parent: string, version: string, dir: string, overwrite: boolean, fill: (tmp: string) => Promise<void>): Promise<void> {
+  await mkdir(parent, { recursive: true });
+  const tmp = stagingDir(parent, version);
+  activeTemporaries.add(tmp);
+  try {
+    await fill(tmp);
     await fsyncTree(tmp);
-    if (opts.overwrite) await rm(dir, { recursive: true, force: true });
+    if (overwrite) await rm(dir, { recursive: true, force: true });
     await rename(tmp, dir);
     await fsyncDir(parent);
   } catch (err) {
@@ -224,12 +241,6 @@ export async function saveModelVersion(
   } finally {
     activeTemporaries.delete(tmp);
   }
-  return { name: m.name, version: m.version, dir, manifest: m };
-}
-
-/** A hidden staging folder beside the version folder; listModels never reads it (its name is not a version). */
-function stagingDir(parent: string, version: string): string {
-  return join(parent, `${TEMP_PREFIX}${version}-${process.pid}-${Date.now()}`);
 }
 
 /**
@@ -243,20 +254,7 @@ export async function publishModelVersion(root: string, srcDir: string): Promise
   const dir = join(parent, manifest.version);
   if (await exists(dir)) throw new Error(`model ${manifest.name}@${manifest.version} already exists in ${resolve(root)}`);
   await removeStaleTemporaries(root);
-  await mkdir(parent, { recursive: true });
-  const tmp = stagingDir(parent, manifest.version);
-  activeTemporaries.add(tmp);
-  try {
-    await cp(srcDir, tmp, { recursive: true });
-    await fsyncTree(tmp);
-    await rename(tmp, dir);
-    await fsyncDir(parent);
-  } catch (err) {
-    await rm(tmp, { recursive: true, force: true });
-    throw err;
-  } finally {
-    activeTemporaries.delete(tmp);
-  }
+  await stageVersion(parent, manifest.version, dir, false, (tmp) => cp(srcDir, tmp, { recursive: true }));
   return { name: manifest.name, version: manifest.version, dir, manifest };
 }
 
