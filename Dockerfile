@@ -5,7 +5,8 @@
 #   GPU:            docker build --build-arg GPU=true -t histoseg:gpu .
 #
 # The GPU variant adds onnxruntime-node's CUDA 12 execution provider (serving) and @tensorflow/tfjs-node-gpu
-# (training), and runs on an NVIDIA CUDA base. See docs/deployment.md.
+# (training), and the Vulkan loader for the WebGPU device (onnxruntime's WebGPU provider and TF.js WebGPU, both Dawn
+# over the driver's Vulkan ICD), on an NVIDIA CUDA base. See docs/gpu.md for which device to choose.
 
 ARG NODE_IMAGE=node:20-bookworm-slim
 # cuDNN 9 + CUDA 12: what onnxruntime-node 1.30's CUDA provider links against.
@@ -52,7 +53,8 @@ RUN npm prune --omit=dev --ignore-scripts --no-audit --no-fund \
     && if [ "$GPU" != "true" ]; then rm -rf node_modules/@tensorflow/tfjs-node-gpu; fi \
     && find node_modules -name '*.map' -type f -delete \
     && find node_modules/onnxruntime-node/bin/napi-v6 -mindepth 2 -maxdepth 2 \
-         ! -path "*/linux/$(node -p process.arch)" -exec rm -rf {} +
+         ! -path "*/linux/$(node -p process.arch)" -exec rm -rf {} + \
+    && find node_modules/webgpu/dist -mindepth 1 -maxdepth 1 ! -name "linux-$(node -p process.arch)" -exec rm -rf {} +
 
 # ---------------------------------------------------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS base-gpu-false
@@ -62,12 +64,15 @@ RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf 
 FROM ${CUDA_IMAGE} AS base-gpu-true
 # libtensorflow 2.9 (tfjs-node-gpu 4.22) needs CUDA 11 and cuDNN 8 next to the base's CUDA 12 / cuDNN 9 for onnxruntime;
 # the sonames differ, so both sets coexist. Without them tfjs-node-gpu still loads and trains on the CPU.
-RUN apt-get update && apt-get install -y --no-install-recommends tini ca-certificates \
+# libvulkan1: the Vulkan loader Dawn opens for the webgpu device; the driver's ICD comes from the host through the
+# container toolkit when NVIDIA_DRIVER_CAPABILITIES includes graphics (set below).
+RUN apt-get update && apt-get install -y --no-install-recommends tini ca-certificates libvulkan1 \
       cuda-cudart-11-8 libcublas-11-8 libcufft-11-8 libcurand-11-8 libcusolver-11-8 libcusparse-11-8 \
       libcudnn8=8.9.7.29-1+cuda11.8 \
     && rm -rf /var/lib/apt/lists/*
 # x86_64 only: onnxruntime-node has CUDA binaries for linux/x64 alone.
-ENV LD_LIBRARY_PATH=/usr/local/cuda-11.8/targets/x86_64-linux/lib:${LD_LIBRARY_PATH}
+ENV LD_LIBRARY_PATH=/usr/local/cuda-11.8/targets/x86_64-linux/lib:${LD_LIBRARY_PATH} \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics
 # The official Node build needs glibc >= 2.28; Ubuntu 22.04 has 2.35.
 COPY --from=build /usr/local/bin/node /usr/local/bin/node
 

@@ -2,25 +2,30 @@
  * `npm run bench:train`: training images/s of the real model (forward + backward + Adam, the trainer's joint loss)
  * per TF.js engine, with peak RSS and wasm heap, written to bench/results/training.{json,md}. Each engine runs in a
  * child process of its own (`--engine NAME`), so its peak RSS is its own and the native bindings cannot shadow wasm.
- *   npx tsx bench/train.ts [--batch 20] [--steps 3] [--native-steps 1] [--engines wasm,wasm-native,...]
+ *   npx tsx bench/train.ts [--batch 20] [--steps 3] [--native-steps 1] [--rounds 2] [--engines wasm,wasm-workers,torch,...]
+ * Engines run in rounds, alternating, so drift on a shared machine falls on all of them; ratios are per round.
  *   npx tsx bench/train.ts --engine wasm [--profile]     one engine, JSON on stdout (and a kernel profile)
  * Benchmarks are not tests: nothing here asserts.
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg } from 'node:os';
+import { existsSync } from 'node:fs';
+import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import * as tf from '@tensorflow/tfjs';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
-import { initWasmBackend } from '../src/tf/backend.js';
+import { initWasmBackend, releaseTfBackend, selectTfBackend } from '../src/tf/backend.js';
 import { registerWasmTrainingKernels } from '../src/tf/gradKernels/index.js';
 import { buildSegClsModel } from '../src/model/network/architecture.js';
 import { INPUT_SIZE } from '../src/util/constants.js';
 import { ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, ADAM_LEARNING_RATE, BATCH_SIZE } from '../src/training/fit/hyperparameters.js';
-import { jointLoss } from '../src/training/fit/losses.js';
+import { DataParallel } from '../src/training/fit/dataParallel.js';
+import { trainableVariables, trainStep } from '../src/training/fit/step.js';
+import type { BatchArrays } from '../src/training/fit/trainingData.js';
+import { Rng } from '../src/util/rng.js';
 import { cpuSnap, foreign } from './cpuLoad.js';
 
 const OUT_DIR = fileURLToPath(new URL('results', import.meta.url));
@@ -30,7 +35,9 @@ const NUM_CLASSES = 4;
 const ENGINES = {
   wasm: 'TF.js wasm, 1 thread, with the replacement gradient kernels (what the trainer uses)',
   'wasm-native': 'TF.js wasm, 1 thread, only the missing Conv2DBackpropFilter added (native MaxPoolGrad, Conv2DBackpropInput, Tile, Sum, Mean)',
-  'wasm-workers': 'TF.js wasm, data parallel over worker threads',
+  'wasm-workers': 'TF.js wasm, data parallel: one worker thread per core, the batch cut into one shard per worker (training/fit/dataParallel.ts; what `histoseg train` uses by default)',
+  webgpu: 'TF.js WebGPU (Dawn for Node over Vulkan); here Mesa lavapipe, a software rasteriser on the CPU, so slow: a check that it runs, not a GPU figure',
+  torch: 'PyTorch reference (../shared/tools/torch-reference/train_torch.py, 2 threads, its own loss: plain cross-entropies)',
   'tfjs-node': '@tensorflow/tfjs-node (libtensorflow, CPU)',
   'tfjs-node-gpu': '@tensorflow/tfjs-node-gpu (libtensorflow, CUDA)',
 } as const;
@@ -42,13 +49,18 @@ const opts = new Command()
   .option('--batch <n>', 'batch size', String(BATCH_SIZE))
   .option('--steps <n>', 'timed steps after one warm-up step', '3')
   .option('--native-steps <n>', 'timed steps for wasm-native (about 4x slower per step)', '1')
+  .option('--webgpu-batch <n>', 'batch size for webgpu (lavapipe is slow)', '4')
+  .option('--rounds <n>', 'rounds of all engines, alternated', '2')
   .option('--profile', 'print the kernels that took the most time in one step (with --engine)')
   .parse()
-  .opts<{ engines: string; engine?: string; batch: string; steps: string; nativeSteps: string; profile?: boolean }>();
+  .opts<{ engines: string; engine?: string; batch: string; steps: string; nativeSteps: string; webgpuBatch: string; rounds: string; profile?: boolean }>();
 
 interface EngineResult {
   engine: EngineName;
   description: string;
+  round?: number;
+  /** wasm-workers: worker threads. */
+  workers?: number;
   skipped?: string;
   backend?: string;
   batch?: number;
@@ -63,13 +75,51 @@ interface EngineResult {
   foreign_cores?: number;
 }
 
+/** The trainer's batch (trainingData.buildBatch): first half segmentation patches (weight 1), second half class patches. */
+function randomBatch(batch: number): BatchArrays {
+  const rng = new Rng(1);
+  const pixels = INPUT_SIZE * INPUT_SIZE;
+  const seg = Math.ceil(batch / 2);
+  const x = Float32Array.from({ length: batch * pixels * 3 }, () => rng.range(-2, 2));
+  const segTarget = new Float32Array(batch * pixels * NUM_CLASSES);
+  const clsTarget = new Float32Array(batch * NUM_CLASSES);
+  for (let b = 0; b < batch; b++) {
+    if (b < seg) for (let i = 0; i < pixels; i++) segTarget[(b * pixels + i) * NUM_CLASSES + Math.floor(rng.range(0, NUM_CLASSES))] = 1;
+    else clsTarget[b * NUM_CLASSES + Math.floor(rng.range(0, NUM_CLASSES))] = 1;
+  }
+  return { n: batch, x, segTarget, clsTarget };
+}
+
+const TORCH_DIR = fileURLToPath(new URL('../../shared/tools/torch-reference', import.meta.url));
+
+/** PyTorch's train_torch.py (batch 20, 2 threads), run where torch is installed; its median step. */
+async function measureTorch(): Promise<EngineResult> {
+  const base = { engine: 'torch' as const, description: ENGINES.torch };
+  if (!existsSync(join(TORCH_DIR, 'train_torch.py'))) return { ...base, skipped: `${TORCH_DIR}/train_torch.py is absent` };
+  const child = spawn('/usr/bin/python3', ['train_torch.py'], { cwd: TORCH_DIR, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
+  const [code] = (await once(child, 'exit')) as [number | null];
+  const m = /batch (\d+): median (\d+) ms/.exec(out);
+  if (code !== 0 || !m) return { ...base, skipped: `train_torch.py failed (exit ${code}): ${out.trim().split('\n').at(-1)}` };
+  const step = Number(m[2]) / 1000;
+  return { ...base, backend: 'torch', batch: Number(m[1]), step_median_s: step, images_per_s: Number(m[1]) / step, step_s: [step] };
+}
+
 function isEngine(name: string): name is EngineName {
   return name in ENGINES;
 }
 
 /** Sets the engine up in this process; returns a reason when it cannot run here. */
 async function setUp(engine: EngineName): Promise<{ backend: string } | { skipped: string }> {
-  if (engine === 'wasm-workers') return { skipped: 'data parallelism over worker threads is not implemented yet (docs/training.md)' };
+  if (engine === 'webgpu') {
+    try {
+      return { backend: await selectTfBackend({ device: 'webgpu', allowSoftwareGpu: true }) };
+    } catch (err) {
+      return { skipped: (err as Error).message.split('\n')[0]! };
+    }
+  }
   if (engine === 'tfjs-node' || engine === 'tfjs-node-gpu') {
     try {
       const specifier: string = `@tensorflow/${engine}`; // optional: no types, usually not installed
@@ -92,51 +142,31 @@ async function measure(engine: EngineName, batch: number, steps: number): Promis
   const setup = await setUp(engine);
   if ('skipped' in setup) return { ...base, ...setup };
   const model = buildSegClsModel({ numClasses: NUM_CLASSES, seed: 1 });
-  const vars = model.trainableWeights.map((w) => w.read() as tf.Variable);
+  const vars = trainableVariables(model);
   const optimizer = tf.train.adam(ADAM_LEARNING_RATE, ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON);
-  const seg = Math.ceil(batch / 2);
-  const x = tf.randomNormal([batch, INPUT_SIZE, INPUT_SIZE, 3], 0, 1, 'float32', 1);
-  // The trainer's targets (trainingData.buildBatch): class weight at each seg pixel's class, one-hot for class patches.
-  const segTarget = tf.tidy(() =>
-    tf.mul(
-      tf.oneHot(tf.randomUniform([batch, INPUT_SIZE, INPUT_SIZE], 0, NUM_CLASSES, 'int32', 2), NUM_CLASSES),
-      tf.concat([tf.ones([seg, 1, 1, 1]), tf.zeros([batch - seg, 1, 1, 1])]),
-    ),
-  );
-  const clsTarget = tf.tidy(() =>
-    tf.mul(tf.oneHot(tf.randomUniform([batch], 0, NUM_CLASSES, 'int32', 3), NUM_CLASSES), tf.concat([tf.zeros([seg, 1]), tf.ones([batch - seg, 1])])),
-  );
-  const step = (): number => {
-    const loss = optimizer.minimize(
-      () => {
-        const [mask, cls] = model.apply(x, { training: true }) as tf.Tensor[];
-        const l = jointLoss(mask!, cls!, segTarget, clsTarget);
-        return l.total;
-      },
-      true,
-      vars,
-    );
-    const value = loss!.dataSync()[0]!;
-    loss!.dispose();
-    return value;
-  };
+  const arrays = randomBatch(batch);
+  const workers = engine === 'wasm-workers' ? availableParallelism() : 1;
+  const parallel = engine === 'wasm-workers' ? await DataParallel.start(workers, NUM_CLASSES) : undefined;
+  const step = async (): Promise<number> => (parallel ? await parallel.step(model, optimizer, vars, arrays) : await trainStep(model, optimizer, vars, arrays)).total;
   const t0 = performance.now();
-  step(); // warm-up: kernel and XNNPACK operator creation, Adam slots
+  await step(); // warm-up: kernel and XNNPACK operator creation, Adam slots
   const warmup = (performance.now() - t0) / 1000;
   const own = [process.pid, process.ppid];
   const a = cpuSnap(own);
   const times: number[] = [];
   for (let i = 0; i < steps; i++) {
     const s0 = performance.now();
-    step();
+    await step();
     times.push((performance.now() - s0) / 1000);
   }
   const foreignCores = foreign(a, cpuSnap(own));
   const median = [...times].sort((p, q) => p - q)[Math.floor(times.length / 2)]!;
-  const wasmHeap = setup.backend === 'wasm' ? (tf.backend() as BackendWasm).typedArrayFromHeap(x).buffer.byteLength / 2 ** 20 : null;
+  const probe = tf.zeros([1]);
+  const wasmHeap = setup.backend === 'wasm' ? (tf.backend() as BackendWasm).typedArrayFromHeap(probe).buffer.byteLength / 2 ** 20 : null;
+  probe.dispose();
   if (opts.profile) {
-    const info = await tf.profile(() => {
-      step();
+    const info = await tf.profile(async () => {
+      await step();
     });
     const byKernel = new Map<string, number>();
     for (const k of info.kernels) byKernel.set(k.name, (byKernel.get(k.name) ?? 0) + Number(k.kernelTimeMs));
@@ -144,11 +174,13 @@ async function measure(engine: EngineName, batch: number, steps: number): Promis
       process.stderr.write(`${name.padEnd(28)} ${ms.toFixed(0).padStart(6)} ms\n`);
     }
   }
-  tf.dispose([x, segTarget, clsTarget]);
   optimizer.dispose();
   model.dispose();
+  await parallel?.close();
+  if (setup.backend === 'webgpu') releaseTfBackend();
   return {
     ...base,
+    ...(parallel ? { workers } : {}),
     backend: setup.backend,
     batch,
     warmup_s: warmup,
@@ -167,6 +199,7 @@ function log(msg: string): void {
 
 /** Runs one engine in a child process (this script with --engine) and parses the JSON it prints. */
 async function measureInChild(engine: EngineName, batch: number, steps: number): Promise<EngineResult> {
+  if (engine === 'torch') return measureTorch();
   const self = fileURLToPath(import.meta.url);
   const child = spawn(process.execPath, [...process.execArgv, self, '--engine', engine, '--batch', String(batch), '--steps', String(steps)], {
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -191,16 +224,30 @@ if (opts.engine !== undefined) {
   });
   const started = new Date();
   const rows: EngineResult[] = [];
-  for (const engine of engines) {
-    const r = await measureInChild(engine, batch, engine === 'wasm-native' ? Number(opts.nativeSteps) : steps);
-    rows.push(r);
-    log(r.skipped ? `${engine}: skipped (${r.skipped})` : `${engine}: ${r.images_per_s!.toFixed(2)} images/s (foreign load ${r.foreign_cores!.toFixed(2)} cores)`);
+  const rounds = Number(opts.rounds);
+  for (let round = 1; round <= rounds; round++) {
+    // Alternate the order each round, so a slow spell on the shared machine does not always hit the same engine.
+    for (const engine of round % 2 === 1 ? engines : [...engines].reverse()) {
+      // webgpu on lavapipe, and engines that cannot run here, once only.
+      if (round > 1 && (engine === 'webgpu' || rows.some((r) => r.engine === engine && r.skipped))) continue;
+      const b = engine === 'webgpu' ? Number(opts.webgpuBatch) : batch;
+      const r = { ...(await measureInChild(engine, b, engine === 'wasm-native' || engine === 'webgpu' ? Number(opts.nativeSteps) : steps)), round };
+      rows.push(r);
+      log(r.skipped ? `${engine}: skipped (${r.skipped})` : `round ${round} ${engine}: ${r.images_per_s!.toFixed(2)} images/s (foreign load ${(r.foreign_cores ?? NaN).toFixed(2)} cores)`);
+    }
   }
+  const perRound = (engine: EngineName, round: number) => rows.find((r) => r.engine === engine && r.round === round && !r.skipped)?.images_per_s;
+  const ratios = Array.from({ length: rounds }, (_, i) => {
+    const [w, one, t] = [perRound('wasm-workers', i + 1), perRound('wasm', i + 1), perRound('torch', i + 1)];
+    return { round: i + 1, workers_over_wasm: w && one ? w / one : null, workers_over_torch: w && t ? w / t : null };
+  });
   const result = {
     date: started.toISOString(),
     machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version, loadavg_at_start: loadavg() },
     batch,
+    shared_machine: 'the machine was shared with other agents while this ran: absolute figures are noisy; compare the per-round ratios',
     engines: rows,
+    ratios,
   };
   const n = (v: number | null | undefined, d = 1) => (v === null || v === undefined ? 'n/a' : v.toFixed(d));
   const md = [
@@ -211,13 +258,20 @@ if (opts.engine !== undefined) {
       `paper's model at batch ${batch}, timed after one warm-up step, each engine in its own process. "Foreign" is the CPU ` +
       `(in cores) other processes used during the timed steps.`,
     '',
-    '| engine | images/s | step median (s) | timed steps | warm-up (s) | peak RSS (MiB) | wasm heap (MiB) | foreign (cores) |',
-    '|---|---|---|---|---|---|---|---|',
+    `The machine was shared with other agents while this ran, so absolute figures are noisy: engines run in ${rounds} ` +
+      'rounds, alternating order, and the ratios below compare engines within one round.',
+    '',
+    '| round | engine | batch | images/s | step median (s) | timed steps | warm-up (s) | peak RSS (MiB) | wasm heap (MiB) | foreign (cores) |',
+    '|---|---|---|---|---|---|---|---|---|---|',
     ...rows.map((r) =>
       r.skipped
-        ? `| ${r.engine} | skipped: ${r.skipped} | | | | | | |`
-        : `| ${r.engine} | ${n(r.images_per_s, 2)} | ${n(r.step_median_s, 2)} | ${r.step_s!.length} | ${n(r.warmup_s)} | ${n(r.peak_rss_mib, 0)} | ${n(r.wasm_heap_mib, 0)} | ${n(r.foreign_cores, 2)} |`,
+        ? `| ${r.round} | ${r.engine} | | skipped: ${r.skipped} | | | | | | |`
+        : `| ${r.round} | ${r.engine}${r.workers ? ` (${r.workers} workers)` : ''} | ${r.batch} | ${n(r.images_per_s, 2)} | ${n(r.step_median_s, 2)} | ${r.step_s!.length} | ${n(r.warmup_s)} | ${n(r.peak_rss_mib, 0)} | ${n(r.wasm_heap_mib, 0)} | ${n(r.foreign_cores, 2)} |`,
     ),
+    '',
+    '| round | wasm-workers / wasm | wasm-workers / torch |',
+    '|---|---|---|',
+    ...ratios.map((q) => `| ${q.round} | ${n(q.workers_over_wasm, 2)} | ${n(q.workers_over_torch, 3)} |`),
     '',
     ...rows.map((r) => `- ${r.engine}: ${r.description}.`),
     '',

@@ -2,7 +2,10 @@
 import { relativeL2 } from '../engine/engine.js';
 import { join } from 'node:path';
 import { datasetHash } from '../data/datasets/datasetHash.js';
+import { availableParallelism } from 'node:os';
 import type { Command } from 'commander';
+import type { TfDevice } from '../tf/backend.js';
+import { ALLOW_SOFTWARE_GPU_ENV, allowSoftwareGpuFromEnv } from '../util/gpuAdapter.js';
 import cliProgress from 'cli-progress';
 import type { FitEvent } from '../training/fit/trainer.js';
 import type * as tfTypes from '@tensorflow/tfjs';
@@ -11,6 +14,9 @@ import type { Manifest } from '../model/manifest.js';
 import type { ModelEntry } from '../model/repository.js';
 import { BATCH_SIZE, EPOCHS } from '../training/fit/hyperparameters.js';
 import { SETTINGS, type Setting } from '../training/fit/trainingData.js';
+
+/** Where `histoseg train` can run. */
+const TF_DEVICES_TRAIN = ['cpu', 'webgpu'] as const;
 
 /** Relative L2 error the ONNX export may have against TF.js on random inputs before it is written. */
 export const ONNX_PARITY_TOLERANCE = 1e-4;
@@ -36,6 +42,12 @@ export interface TrainCommandOptions {
   work?: string;
   log?: (line: string) => void;
   progress?: boolean;
+  /** cpu (TF.js wasm, default) or webgpu. */
+  device?: TfDevice;
+  allowSoftwareGpu?: boolean;
+  /** cpu: data-parallel workers (default 1 here; the command's default is one per core) and shards per batch. */
+  workers?: number;
+  shards?: number;
 }
 
 /**
@@ -162,6 +174,10 @@ export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
     maxStepsPerEpoch: opts.maxSteps,
     datasetHash: hash,
     log,
+    device: opts.device,
+    allowSoftwareGpu: opts.allowSoftwareGpu,
+    workers: opts.workers,
+    shards: opts.shards,
   }, { onProgress: progress.onEvent }).finally(() => progress.stop());
   try {
     const parity = await checkOnnxParity(result.model, dataset.classes.length, opts.seed);
@@ -194,6 +210,8 @@ export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
           epochs: opts.epochs,
           seed: opts.seed,
           batch: opts.batch,
+          device: opts.device ?? 'cpu',
+          ...(opts.shards !== undefined && opts.shards > 1 ? { shards: opts.shards } : {}),
           init: opts.init ? 'imagenet-safetensors' : base ? 'base' : 'random',
           ...(opts.maxSteps !== undefined ? { maxStepsPerEpoch: opts.maxSteps } : {}),
           segPatches: result.counts.segPatches,
@@ -285,7 +303,16 @@ export function registerTrain(program: Command): void {
     .option('--resume', 'continue the interrupted run in the work folder', false)
     .option('--max-steps <n>', 'at most this many steps per epoch (smoke runs and tests)')
     .option('--work <dir>', 'work folder for prepared patches and checkpoints (default .histoseg-train/<name>)')
+    .option('--device <device>', 'cpu (TF.js wasm) or webgpu (TF.js WebGPU over Vulkan)', 'cpu')
+    .option('--allow-software-gpu', `webgpu: accept a software adapter such as lavapipe (or ${ALLOW_SOFTWARE_GPU_ENV}=1)`, false)
+    .option('--workers <n>', 'cpu: data-parallel training workers (default: one per core)')
+    .option('--shards <n>', 'cpu: parts each batch is cut into, summed in order (default: --workers; fix it to reproduce a run on another machine)')
     .action(async (f: Record<string, string | boolean | undefined>) => {
+      const device = String(f.device);
+      if (!(TF_DEVICES_TRAIN as readonly string[]).includes(device)) throw new Error(`--device must be one of ${TF_DEVICES_TRAIN.join(', ')}, got ${device}`);
+      const gpu = device !== 'cpu';
+      if (gpu && (f.workers !== undefined || f.shards !== undefined)) throw new Error('--workers and --shards are for --device cpu');
+      const workers = gpu ? 1 : f.workers === undefined ? availableParallelism() : positiveInt('--workers', String(f.workers));
       const seed = Number(f.seed);
       if (!Number.isInteger(seed) || seed < 0) throw new Error(`--seed must be a non-negative integer, got ${String(f.seed)}`);
       if (f.init && f.base) throw new Error('use --init or --base, not both');
@@ -304,6 +331,10 @@ export function registerTrain(program: Command): void {
         resume: f.resume === true,
         maxSteps: f.maxSteps === undefined ? undefined : positiveInt('--max-steps', String(f.maxSteps)),
         work: f.work as string | undefined,
+        device: device as TfDevice,
+        allowSoftwareGpu: f.allowSoftwareGpu === true || allowSoftwareGpuFromEnv(),
+        workers,
+        shards: gpu ? 1 : f.shards === undefined ? workers : positiveInt('--shards', String(f.shards)),
       });
       process.stdout.write(`wrote ${entry.dir}\n`);
     });

@@ -6,7 +6,7 @@ import { StainReferenceSchema, type StainReference } from '../../model/manifest.
 import type { Dataset } from '../../data/datasets/dataset.js';
 import { datasetHash } from '../../data/datasets/datasetHash.js';
 import { type PatchIndex, preparePatches } from '../prepare/patchPreparation.js';
-import { fit, type FitHooks, type FitResult } from '../fit/trainer.js';
+import { fit, type FitHooks, type FitOptions, type FitResult } from '../fit/trainer.js';
 import { loadTrainingItems, normalizeTrainingItems, type Setting } from '../fit/trainingData.js';
 import { loadValidationSlides, trainingManifest, validate } from '../fit/validation.js';
 
@@ -32,6 +32,11 @@ export interface TrainOptions {
   readonly datasetHash?: string;
   /** Notes for a person (warnings, resumption); silent by default. */
   readonly log?: (line: string) => void;
+  /** fit's device, software-GPU switch, data-parallel workers and shards (trainer.ts FitOptions). */
+  readonly device?: FitOptions['device'];
+  readonly allowSoftwareGpu?: boolean;
+  readonly workers?: number;
+  readonly shards?: number;
 }
 
 export interface TrainResult extends FitResult {
@@ -99,6 +104,10 @@ export async function train(o: TrainOptions, hooks: FitHooks = {}): Promise<Trai
       resume: o.resume,
       maxStepsPerEpoch: o.maxStepsPerEpoch,
       identity: { datasetHash: o.datasetHash ?? (await datasetHash(o.dataset.root)) },
+      device: o.device,
+      allowSoftwareGpu: o.allowSoftwareGpu,
+      workers: o.workers,
+      shards: o.shards,
     },
     {
       ...hooks,
