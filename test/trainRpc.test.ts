@@ -138,6 +138,13 @@ describe('TrainingService', () => {
     await assert.rejects(uploadExamples(seg, 'roles', CLASSES, [ex({ exampleId: 'x', image, classIndex: 0 })]), code(status.PERMISSION_DENIED));
     await assert.rejects(startTraining(seg, { dataset: 'checks' }), code(status.PERMISSION_DENIED));
     await assert.rejects(listTrainingJobs(seg), code(status.PERMISSION_DENIED));
+    await assert.rejects(cancelTraining(seg, 'j-0000000000-00000000'), code(status.PERMISSION_DENIED));
+    await assert.rejects((async () => {
+      for await (const _ of watchTraining(seg, 'j-0000000000-00000000')) void _;
+    })(), code(status.PERMISSION_DENIED));
+    await assert.rejects((async () => {
+      for await (const _ of watchTraining(train, 'j-0000000000-00000000')) void _;
+    })(), code(status.NOT_FOUND));
     await assert.rejects(startTraining(train, { dataset: 'checks', activate: true }), code(status.PERMISSION_DENIED));
     await assert.rejects(activateModel(train, BASE.name, BASE.version), code(status.PERMISSION_DENIED));
     const ok = await activateModel(admin, BASE.name, BASE.version);

@@ -122,7 +122,7 @@ export function trainingHandlers(deps: TrainingDeps): TrainingServiceServer {
 
     watchTraining: (call: ServerWritableStream<WatchTrainingRequest, TrainingJob>) => {
       const denied = auth?.check(call.metadata, 'train');
-      if (denied) return call.destroy(Object.assign(new Error(denied.message), denied.toServiceError()));
+      if (denied) return void call.emit('error', denied.toServiceError());
       let stop: (() => void) | undefined;
       try {
         stop = jobs.watch(call.request.jobId, (j) => {
@@ -136,7 +136,7 @@ export function trainingHandlers(deps: TrainingDeps): TrainingServiceServer {
         if (isTerminal(jobs.get(call.request.jobId).state)) stop();
       } catch (err) {
         const s = mapError(err, log, 'WatchTraining');
-        call.destroy(Object.assign(new Error(s.message), s.toServiceError()));
+        call.emit('error', s.toServiceError());
         return;
       }
       call.on('cancelled', () => stop?.());
