@@ -278,3 +278,40 @@ describe('hot reload: a second server on the same model repository', () => {
     c.close();
   });
 });
+
+describe('graceful shutdown with a job running', () => {
+  let box: ReturnType<typeof trainingSandbox>;
+  after(() => rmSync(box.dir, { recursive: true, force: true }));
+
+  it('ends open watches with UNAVAILABLE, stops the job, and the next start resumes it', async () => {
+    box = trainingSandbox('histoseg-shutdown-');
+    let server = await start(box);
+    let c = connect(`127.0.0.1:${server.port}`, { token: TOKENS.train });
+    await uploadExamples(c, 'stop', CLASSES, await synthExamples({ seed: 9, tiles: 3 }));
+    const job = await startTraining(c, { dataset: 'stop', epochs: 10_000, outputName: 'stopped' });
+    const ctrl = new AbortController();
+    const seen: TrainingJob[] = [];
+    const watching = (async () => {
+      for await (const j of watchTraining(c, job.jobId, ctrl.signal)) seen.push(j);
+    })();
+    // Epoch 2 under way: epoch 1 is checkpointed.
+    while (!seen.some((j) => j.stage === 'training' && j.epoch >= 2)) await new Promise((r) => setTimeout(r, 50));
+    await server.shutdown();
+    await assert.rejects(watching, code(status.UNAVAILABLE));
+    c.close();
+
+    server = await start(box);
+    c = connect(`127.0.0.1:${server.port}`, { token: TOKENS.train });
+    try {
+      const again = await watchUntil(c, job.jobId, (j) => j.state === JobState.JOB_STATE_RUNNING && j.stage === 'training');
+      assert.equal(again.state, JobState.JOB_STATE_RUNNING);
+      const listed = (await listTrainingJobs(c)).find((j) => j.jobId === job.jobId)!;
+      assert.ok(listed.epoch >= 1, 'resumed past its checkpointed epoch');
+      const cancelled = await cancelTraining(c, job.jobId);
+      assert.equal(cancelled.state, JobState.JOB_STATE_CANCELLED);
+    } finally {
+      c.close();
+      await server.shutdown();
+    }
+  });
+});

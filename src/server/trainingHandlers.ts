@@ -61,6 +61,22 @@ export interface TrainingDeps extends UploadDeps {
   registry: ModelRegistry;
 }
 
+/** Open WatchTraining streams, so a shutting-down server can end them (a running job's watch never ends by itself). */
+export class WatchRegistry {
+  private readonly calls = new Set<ServerWritableStream<WatchTrainingRequest, TrainingJob>>();
+
+  add(call: ServerWritableStream<WatchTrainingRequest, TrainingJob>): () => void {
+    this.calls.add(call);
+    return () => this.calls.delete(call);
+  }
+
+  /** Ends every open watch with UNAVAILABLE: the client watches again once a server is back. */
+  endAll(): void {
+    for (const call of this.calls) call.emit('error', unavailable('server is shutting down; watch the job again').toServiceError());
+    this.calls.clear();
+  }
+}
+
 function mapError(err: unknown, log: Logger, what: string): StatusError {
   if (err instanceof StatusError) return err;
   if (err instanceof JobNotFoundError || err instanceof DatasetNotFoundError || err instanceof ModelNotFoundError) return notFound(err.message);
@@ -71,7 +87,7 @@ function mapError(err: unknown, log: Logger, what: string): StatusError {
   return toStatus(err);
 }
 
-export function trainingHandlers(deps: TrainingDeps): TrainingServiceServer {
+export function trainingHandlers(deps: TrainingDeps, watches = new WatchRegistry()): TrainingServiceServer {
   const { jobs, log, auth } = deps;
   const unary =
     <Req, Res>(what: string, fn: (req: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res>, role: Role = 'train') =>
@@ -123,24 +139,32 @@ export function trainingHandlers(deps: TrainingDeps): TrainingServiceServer {
     watchTraining: (call: ServerWritableStream<WatchTrainingRequest, TrainingJob>) => {
       const denied = auth?.check(call.metadata, 'train');
       if (denied) return void call.emit('error', denied.toServiceError());
+      if (deps.draining()) return void call.emit('error', unavailable('server is shutting down').toServiceError());
       let stop: (() => void) | undefined;
+      const forget = watches.add(call);
       try {
         stop = jobs.watch(call.request.jobId, (j) => {
           if (call.cancelled || call.destroyed) return;
           call.write(toTrainingJob(j));
           if (isTerminal(j.state)) {
             stop?.();
+            forget();
             call.end();
           }
         });
         if (isTerminal(jobs.get(call.request.jobId).state)) stop();
       } catch (err) {
+        forget();
         const s = mapError(err, log, 'WatchTraining');
         call.emit('error', s.toServiceError());
         return;
       }
-      call.on('cancelled', () => stop?.());
-      call.on('close', () => stop?.());
+      const done = () => {
+        stop?.();
+        forget();
+      };
+      call.on('cancelled', done);
+      call.on('close', done);
     },
 
     cancelTraining: unary<CancelTrainingRequest, TrainingJob>('CancelTraining', async (req) => toTrainingJob(await jobs.cancel(req.jobId))),
