@@ -21,10 +21,10 @@ import { service as healthService } from 'grpc-health-check';
 import sharp from 'sharp';
 import { SERVE_NODE_FLAGS } from '../src/cli/serveCommand.js';
 import { connect, segmentTiles, type HistosegClients } from '../src/client/segmentationClient.js';
-import { cancelTraining, listModels, startTraining, uploadExamples, watchTraining } from '../src/client/trainingClient.js';
+import { cancelTraining, listModels, startTraining, uploadExamples, watchUntil } from '../src/client/trainingClient.js';
 import { resolveModel } from '../src/model/repository.js';
 import type { Tile } from '../src/proto/gen/histoseg/v1/segmentation.js';
-import { JobState, type Example, type TrainingJob } from '../src/proto/gen/histoseg/v1/training.js';
+import { JobState, type Example } from '../src/proto/gen/histoseg/v1/training.js';
 import { renderSynthSlide } from '../src/synth/slides.js';
 import { CLASSES, synthExamples, TOKENS, trainingSandbox } from '../test/support/training.js';
 
@@ -79,22 +79,6 @@ async function stop(proc: ChildProcess): Promise<void> {
   const exited = once(proc, 'exit');
   proc.kill('SIGTERM');
   await exited;
-}
-
-async function watchUntil(c: HistosegClients, jobId: string, until: (j: TrainingJob) => boolean): Promise<TrainingJob> {
-  const ctrl = new AbortController();
-  let last: TrainingJob | undefined;
-  try {
-    for await (const j of watchTraining(c, jobId, ctrl.signal)) {
-      last = j;
-      if (until(j)) break;
-    }
-  } catch {
-    // cancelled by us
-  } finally {
-    ctrl.abort();
-  }
-  return last!;
 }
 
 /** Synthetic 512 px tissue tiles for serving. */

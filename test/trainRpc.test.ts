@@ -5,7 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import { status, type ServiceError } from '@grpc/grpc-js';
 import sharp from 'sharp';
 import { connect, segmentTiles, type HistosegClients } from '../src/client/segmentationClient.js';
-import { activateModel, cancelTraining, listModels, listTrainingJobs, startTraining, uploadExamples, watchTraining } from '../src/client/trainingClient.js';
+import { activateModel, cancelTraining, listModels, listTrainingJobs, startTraining, uploadExamples, watchTraining, watchUntil } from '../src/client/trainingClient.js';
 import { encodeLabelMap } from '../src/data/labels/labelMap.js';
 import { ExampleSplit, JobState, type Example, type TrainingJob } from '../src/proto/gen/histoseg/v1/training.js';
 import { loadConfig } from '../src/server/config.js';
@@ -27,23 +27,6 @@ async function start(box: ReturnType<typeof trainingSandbox>, extra: Record<stri
     {},
   );
   return startServer(config, createLogger('silent'), new Metrics(undefined, { processMetrics: false }));
-}
-
-/** Watches a job until `until` holds (or the job ends); returns the last state seen. */
-async function watchUntil(c: HistosegClients, jobId: string, until: (j: TrainingJob) => boolean): Promise<TrainingJob> {
-  const ctrl = new AbortController();
-  let last: TrainingJob | undefined;
-  try {
-    for await (const j of watchTraining(c, jobId, ctrl.signal)) {
-      last = j;
-      if (until(j)) break;
-    }
-  } catch (err) {
-    if ((err as ServiceError).code !== status.CANCELLED) throw err;
-  } finally {
-    ctrl.abort();
-  }
-  return last!;
 }
 
 async function png(width: number, height: number, grey = false): Promise<Buffer> {
