@@ -136,15 +136,15 @@ describe('server, end to end over gRPC', { skip: haveSlide ? false : SLIDE_MISSI
     assert.equal((await fetch(`http://127.0.0.1:${server.metricsPort}/readyz`)).status, 200);
   });
 
-  it('refuses a tile over the pixel limit with RESOURCE_EXHAUSTED, after answering the tiles before it', async () => {
+  it('answers a tile over the pixel limit INVALID with the reason, and the stream goes on', async () => {
     const ok = await whiteTile('before');
     const huge = await whiteTile('huge', 1600, 1600);
-    const seen: SegmentTilesResponse[] = [];
-    const run = (async () => {
-      for await (const r of segmentTiles(clients, [ok, huge, ok])) seen.push(r);
-    })();
-    await expectStatus(run, status.RESOURCE_EXHAUSTED, /pixels/);
-    assert.deepEqual(seen.map((r) => r.tileId), ['before']);
+    const after = await whiteTile('after');
+    const seen = await collect(clients, [ok, huge, after]);
+    assert.deepEqual(seen.map((r) => r.tileId), ['before', 'huge', 'after']);
+    assert.equal(seen[1]!.status, TileStatus.TILE_STATUS_INVALID);
+    assert.match(seen[1]!.error, /1600x1600 = 2\.6e6 pixels, over the limit of 2250000/);
+    assert.equal(seen[2]!.status, TileStatus.TILE_STATUS_BACKGROUND);
   });
 
   it('refuses an oversize message with RESOURCE_EXHAUSTED', async () => {
