@@ -279,8 +279,9 @@ describe('graceful shutdown with a job running', () => {
     })();
     // Epoch 2 under way: epoch 1 is checkpointed.
     while (!seen.some((j) => j.stage === 'training' && j.epoch >= 2)) await new Promise((r) => setTimeout(r, 50));
+    const ended = assert.rejects(watching, code(status.UNAVAILABLE));
     await server.shutdown();
-    await assert.rejects(watching, code(status.UNAVAILABLE));
+    await ended;
     c.close();
 
     server = await start(box);

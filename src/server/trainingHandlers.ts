@@ -78,8 +78,12 @@ export class WatchRegistry {
   }
 }
 
+/**
+ * Ends a server stream with a status. Not destroy(): grpc-js sends the status from the stream's 'error' listener
+ * through end(), which a destroyed stream never reaches, so the client would wait forever.
+ */
 function endWith(call: ServerWritableStream<WatchTrainingRequest, TrainingJob>, s: StatusError): void {
-  call.destroy(Object.assign(new Error(s.message), s.toServiceError()));
+  call.emit('error', s.toServiceError());
 }
 
 export function trainingHandlers(deps: TrainingDeps, watches = new WatchRegistry()): TrainingServiceServer {
