@@ -8,6 +8,7 @@ import { registerEvaluate } from './evaluateCommand.js';
 import { registerIngest } from './ingestCommand.js';
 import { registerPrepare } from './prepareCommand.js';
 import { registerTrain } from './trainCommand.js';
+import { registerTrainRpc } from './trainRpcCommands.js';
 
 // Each area registers its own commands; this file only assembles them.
 const program = new Command()
@@ -21,6 +22,7 @@ registerSynth(program);
 registerIngest(program);
 registerPrepare(program);
 registerTrain(program);
+registerTrainRpc(program);
 registerEvaluate(program);
 registerInitModel(program);
 registerImportWeights(program);

@@ -66,6 +66,25 @@ export async function* watchTraining(clients: HistosegClients, jobId: string, si
   for await (const job of call as AsyncIterable<TrainingJob>) yield job;
 }
 
+/** Watches a job until `until` holds or the job ends, then stops watching; resolves with the last state seen. */
+export async function watchUntil(clients: HistosegClients, jobId: string, until: (job: TrainingJob) => boolean): Promise<TrainingJob> {
+  const ctrl = new AbortController();
+  let last: TrainingJob | undefined;
+  try {
+    for await (const j of watchTraining(clients, jobId, ctrl.signal)) {
+      last = j;
+      if (until(j)) break;
+    }
+  } catch (err) {
+    // Our own abort after `until` held ends the call CANCELLED; anything else is the caller's to see.
+    if (!ctrl.signal.aborted) throw err;
+  } finally {
+    ctrl.abort();
+  }
+  if (!last) throw new Error(`no news of job ${jobId}`);
+  return last;
+}
+
 export function activateModel(clients: HistosegClients, name: string, version: string): Promise<ActivateModelResponse> {
   return unary(clients.models.activateModel.bind(clients.models), clients, { name, version });
 }

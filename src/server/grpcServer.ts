@@ -13,7 +13,7 @@ import { SegmentationServiceService } from '../proto/gen/histoseg/v1/segmentatio
 import { TrainingServiceService } from '../proto/gen/histoseg/v1/training.js';
 import { ExampleStore } from '../data/examples/exampleStore.js';
 import { JobManager } from '../training/jobs/jobManager.js';
-import { trainingHandlers } from './trainingHandlers.js';
+import { trainingHandlers, WatchRegistry } from './trainingHandlers.js';
 import { startTelemetryServer } from './httpServer.js';
 import type { Logger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
@@ -98,6 +98,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   );
   server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, { auth: guard, log, metrics }));
   let jobs: JobManager | undefined;
+  const watches = new WatchRegistry();
   if (config.training) {
     const store = await ExampleStore.open(config.datasets, {
       maxExamplePixels: config.maxExamplePixels,
@@ -135,7 +136,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
     const counts: Record<string, number> = {};
     for (const j of jobs.list()) counts[j.state] = (counts[j.state] ?? 0) + 1;
     for (const state of ['queued', 'running', 'succeeded', 'failed', 'cancelled']) metrics.trainingJobs.set({ state }, counts[state] ?? 0);
-    server.addService(TrainingServiceService, trainingHandlers({ config, jobs, registry, store, log, metrics, auth: guard, draining: () => draining }));
+    server.addService(TrainingServiceService, trainingHandlers({ config, jobs, registry, store, log, metrics, auth: guard, draining: () => draining }, watches));
   }
   health.addToServer(server);
   // Health is described too, so `grpcurl ... grpc.health.v1.Health/Check` works from reflection alone.
@@ -174,6 +175,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       const drained = (async () => {
         // Running jobs stop (they stay RUNNING on disk and resume at the next start).
         await jobs?.close();
+        watches.endAll();
         await Promise.allSettled([...streams]);
         await registry.stop();
       })();

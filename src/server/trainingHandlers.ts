@@ -62,7 +62,31 @@ export interface TrainingDeps extends UploadDeps {
   registry: ModelRegistry;
 }
 
-export function trainingHandlers(deps: TrainingDeps): TrainingServiceServer {
+/** Open WatchTraining streams, so a shutting-down server can end them (a running job's watch never ends by itself). */
+export class WatchRegistry {
+  private readonly calls = new Set<ServerWritableStream<WatchTrainingRequest, TrainingJob>>();
+
+  add(call: ServerWritableStream<WatchTrainingRequest, TrainingJob>): () => void {
+    this.calls.add(call);
+    return () => this.calls.delete(call);
+  }
+
+  /** Ends every open watch with UNAVAILABLE: the client watches again once a server is back. */
+  endAll(): void {
+    for (const call of this.calls) endWith(call, unavailable('server is shutting down; watch the job again'));
+    this.calls.clear();
+  }
+}
+
+/**
+ * Ends a server stream with a status. Not destroy(): grpc-js sends the status from the stream's 'error' listener
+ * through end(), which a destroyed stream never reaches, so the client would wait forever.
+ */
+function endWith(call: ServerWritableStream<WatchTrainingRequest, TrainingJob>, s: StatusError): void {
+  call.emit('error', s.toServiceError());
+}
+
+export function trainingHandlers(deps: TrainingDeps, watches = new WatchRegistry()): TrainingServiceServer {
   const { jobs, log, auth } = deps;
   const unary =
     <Req, Res>(what: string, fn: (req: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res>, role: Role = 'train') =>
@@ -113,25 +137,32 @@ export function trainingHandlers(deps: TrainingDeps): TrainingServiceServer {
     watchTraining: async (call: ServerWritableStream<WatchTrainingRequest, TrainingJob>) => {
       const report = { log, metrics: deps.metrics, method: 'TrainingService/WatchTraining' };
       const denied = await auth?.check(call, 'train', report.method);
-      if (denied) return call.destroy(Object.assign(new Error(denied.message), toStatus(denied, report).toServiceError()));
+      if (denied) return endWith(call, toStatus(denied, report));
+      if (deps.draining()) return endWith(call, toStatus(unavailable('server is shutting down'), report));
       let stop: (() => void) | undefined;
+      const forget = watches.add(call);
       try {
         stop = jobs.watch(call.request.jobId, (j) => {
           if (call.cancelled || call.destroyed) return;
           call.write(toTrainingJob(j));
           if (isTerminal(j.state)) {
             stop?.();
+            forget();
             call.end();
           }
         });
         if (isTerminal(jobs.get(call.request.jobId).state)) stop();
       } catch (err) {
-        const s = toStatus(err, report);
-        call.destroy(Object.assign(new Error(s.message), s.toServiceError()));
+        forget();
+        endWith(call, toStatus(err, report));
         return;
       }
-      call.on('cancelled', () => stop?.());
-      call.on('close', () => stop?.());
+      const done = () => {
+        stop?.();
+        forget();
+      };
+      call.on('cancelled', done);
+      call.on('close', done);
     },
 
     cancelTraining: unary<CancelTrainingRequest, TrainingJob>('CancelTraining', async (req) => toTrainingJob(await jobs.cancel(req.jobId))),

@@ -30,14 +30,22 @@ export function trainingSandbox(prefix = 'histoseg-train-rpc-'): { dir: string; 
  */
 export async function synthExamples(opts: { seed: number; tiles: number; validation?: number; classExamples?: number; side?: number }): Promise<Example[]> {
   const side = opts.side ?? 128;
-  const cols = Math.ceil(Math.sqrt(opts.tiles + (opts.classExamples ?? 0)));
-  const slide = renderSynthSlide(opts.seed, Math.max(256, cols * side));
-  const out: Example[] = [];
   const total = opts.tiles + (opts.classExamples ?? 0);
-  for (let i = 0; i < total; i++) {
-    const x = (i % cols) * side;
-    const y = Math.floor(i / cols) * side;
-    if (x + side > slide.width || y + side > slide.height) break;
+  const cols = Math.max(4, Math.ceil(Math.sqrt(total * 2)));
+  const slide = renderSynthSlide(opts.seed, cols * side);
+  // The tiles with the most tissue, as a user would pick regions to label.
+  const places: { x: number; y: number; tissue: number }[] = [];
+  for (let y = 0; y + side <= slide.height; y += side) {
+    for (let x = 0; x + side <= slide.width; x += side) {
+      let t = 0;
+      for (let r = 0; r < side; r += 4) for (let c = 0; c < side; c += 4) t += slide.tissue[(y + r) * slide.width + x + c]!;
+      places.push({ x, y, tissue: t });
+    }
+  }
+  places.sort((p, q) => q.tissue - p.tissue);
+  const out: Example[] = [];
+  for (let i = 0; i < Math.min(total, places.length); i++) {
+    const { x, y } = places[i]!;
     const rgb = Buffer.alloc(side * side * 3);
     const labels = new Uint8Array(side * side);
     const counts = new Array<number>(CLASSES.length).fill(0);

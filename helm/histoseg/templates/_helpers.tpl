@@ -50,9 +50,42 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* Labels of the training Deployment's pods: another app name, so the serving Service never selects them. */}}
+{{- define "histoseg.trainingSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "histoseg.name" . }}-training
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "histoseg.trainingLabels" -}}
+helm.sh/chart: {{ include "histoseg.chart" . }}
+{{ include "histoseg.trainingSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: training
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* True (non-empty) when the model repository is a mounted volume: models.volume, or the chart's own PVC. */}}
+{{- define "histoseg.hasModelsVolume" -}}
+{{- if or .Values.models.volume .Values.persistence.models.enabled }}true{{- end }}
+{{- end }}
+
+{{/* The models volume source: models.volume as given, else the PVC (an existing claim or the chart's). */}}
+{{- define "histoseg.modelsVolume" -}}
+{{- if .Values.models.volume }}
+{{- toYaml .Values.models.volume }}
+{{- else }}
+persistentVolumeClaim:
+  claimName: {{ default (printf "%s-models" (include "histoseg.fullname" .)) .Values.persistence.models.existingClaim }}
+{{- end }}
+{{- end }}
+
+{{- define "histoseg.datasetsClaim" -}}
+{{- default (printf "%s-datasets" (include "histoseg.fullname" .)) .Values.persistence.datasets.existingClaim }}
+{{- end }}
+
 {{/* Where the server reads models: the mounted volume when one is set, else the image's bundled folder. */}}
 {{- define "histoseg.modelsPath" -}}
-{{- if .Values.models.volume }}
+{{- if include "histoseg.hasModelsVolume" . }}
 {{- .Values.models.mountPath }}
 {{- else }}
 {{- .Values.models.imagePath }}

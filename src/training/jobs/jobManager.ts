@@ -121,6 +121,8 @@ export class JobManager extends EventEmitter {
   private readonly jobs = new Map<string, JobRecord>();
   private readonly queue: string[] = [];
   private readonly running = new Map<string, Running>();
+  /** Per job, the chain of record writes: each writes the record as it is when it runs, so the last write wins. */
+  private readonly writes = new Map<string, Promise<void>>();
   private closing = false;
 
   private constructor(private readonly o: JobManagerOptions) {
@@ -273,13 +275,19 @@ export class JobManager extends EventEmitter {
     const prev = this.jobs.get(jobId)!;
     const job: JobRecord = { ...prev, ...patch, updatedAt: new Date().toISOString() };
     this.jobs.set(jobId, job);
-    if (persist) await writeJsonDurable(join(this.o.dir, jobId, 'job.json'), job);
+    if (persist) await this.persist(jobId);
     if (job.state !== prev.state) {
       this.o.onTransition?.(job, prev.state);
       this.publishGauges();
     }
     this.emit('change', job);
     return job;
+  }
+
+  private persist(jobId: string): Promise<void> {
+    const next = (this.writes.get(jobId) ?? Promise.resolve()).catch(() => undefined).then(() => writeJsonDurable(join(this.o.dir, jobId, 'job.json'), this.jobs.get(jobId)));
+    this.writes.set(jobId, next);
+    return next;
   }
 
   private publishGauges(): void {
@@ -327,7 +335,8 @@ export class JobManager extends EventEmitter {
 
     const { file, execArgv } = childEntry();
     const child = fork(file, [join(dir, 'spec.json')], { execArgv, stdio: ['ignore', 'ignore', 'pipe', 'ipc'], serialization: 'json' });
-    const r: Running = { child, exited: once(child, 'exit').then(() => undefined), cancel: false };
+    // 'close' comes after the exit and after the IPC channel has delivered every message.
+    const r: Running = { child, exited: once(child, 'close').then(() => undefined), cancel: false };
     this.running.set(jobId, r);
     try {
       if (child.pid !== undefined) setPriority(child.pid, this.o.nice);
