@@ -1,4 +1,5 @@
 import sharp, { type Metadata } from 'sharp';
+import { labelResampler } from './labelResample.js';
 import { decodePlainPng, encodeGreyPng } from './png.js';
 
 /** An 8-bit RGB image, channels interleaved (RGBRGB...), rows top to bottom. */
@@ -105,7 +106,8 @@ async function checkHeader(bytes: Uint8Array, maxPixels: number): Promise<string
  */
 export async function decodeImage(
   bytes: Uint8Array,
-  limits: { maxPixels: number },
+  /** maxSyncPixels: larger PNGs skip the synchronous fast path and decode in sharp's threads (event loop stays free). */
+  limits: { maxPixels: number; maxSyncPixels?: number },
   /** Where plain PNGs decode to (the server passes its buffer pool). */
   alloc?: (length: number) => Uint8Array,
 ): Promise<RgbImage> {
@@ -114,7 +116,7 @@ export async function decodeImage(
   if (!(maxPixels > 0)) throw new RangeError(`maxPixels must be a positive number, got ${limits.maxPixels}`);
 
   const format = sniffFormat(bytes) ?? (await checkHeader(bytes, maxPixels));
-  const plain = format === 'png' ? decodePngFast(bytes, maxPixels, alloc) : undefined;
+  const plain = format === 'png' ? decodePngFast(bytes, Math.min(maxPixels, limits.maxSyncPixels ?? Infinity), alloc) : undefined;
   if (plain) return plain;
   try {
     const { data, info } = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' })
@@ -174,13 +176,7 @@ export async function resizeLabels(
   if (labels.length !== w * h) throw new RangeError(`label buffer has ${labels.length} bytes, expected ${w}x${h}`);
   checkSize(newW, newH);
   const out = new Uint8Array(newW * newH);
-  const xs = new Int32Array(newW);
-  for (let x = 0; x < newW; x++) xs[x] = Math.min(w - 1, Math.floor(((x + 0.5) * w) / newW));
-  for (let y = 0; y < newH; y++) {
-    const src = Math.min(h - 1, Math.floor(((y + 0.5) * h) / newH)) * w;
-    const dst = y * newW;
-    for (let x = 0; x < newW; x++) out[dst + x] = labels[src + xs[x]!]!;
-  }
+  labelResampler(labels, w, h, out, newW, newH)(0, newH);
   return out;
 }
 
