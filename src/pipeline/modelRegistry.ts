@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import { EnginePool } from '../engine/workerPool.js';
 import type { Device, EngineKind } from '../engine/engine.js';
 import type { Manifest } from '../model/manifest.js';
@@ -36,8 +37,11 @@ const key = (m: Manifest) => `${m.name}@${m.version}`;
  * Models served from the repository. The default model loads (and warms) at start; other versions load on
  * first use, at most maxLoadedModels at once. Names from requests are resolved only among the repository's
  * listed entries, never used as paths.
+ *
+ * Emits 'engineHealth' ({ model, isDefault, alive }) whenever a model's engine workers die or come back, so the
+ * server can say NOT_SERVING while the default model has no live worker.
  */
-export class ModelRegistry {
+export class ModelRegistry extends EventEmitter {
   private readonly loaded = new Map<string, Promise<LoadedModel>>();
   private defaultKey = '';
 
@@ -45,7 +49,9 @@ export class ModelRegistry {
     private readonly opts: RegistryOptions,
     private readonly log: Logger,
     private readonly metrics: Metrics,
-  ) {}
+  ) {
+    super();
+  }
 
   async start(): Promise<LoadedModel> {
     const entry = await resolveModel(this.opts.root, this.opts.defaultModel);
@@ -89,6 +95,9 @@ export class ModelRegistry {
         this.metrics,
       );
       pool.on('error', (err: Error) => this.log.error({ err, model: k }, 'engine worker failed'));
+      const health = (alive: number) => this.emit('engineHealth', { model: k, isDefault, alive });
+      pool.on('down', health);
+      pool.on('up', health);
       // Warm-up: the first run pays for graph optimisation; do it before health says SERVING.
       await pool.run({ data: new Uint8Array(3 * size * size), n: 1 });
       this.metrics.modelInfo.set({ name: manifest.name, version: manifest.version, engine: pool.engineName, trained: String(manifest.trained) }, 1);

@@ -52,7 +52,11 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   const health = new HealthImplementation(Object.fromEntries(SERVICES.map((s) => [s, 'NOT_SERVING' as const])));
   let ready = false;
   let draining = false;
-  const telemetry = await startTelemetryServer(config.host, config.metricsPort, metrics.registry, { ready: () => ready && !draining });
+  const drain = new AbortController();
+  const drainStats = { streams: 0, tilesRead: 0, tilesAnswered: 0 };
+  /** Whether the default model has a live engine worker (see EnginePool's 'down' and 'up'). */
+  let engineAlive = true;
+  const telemetry = await startTelemetryServer(config.host, config.metricsPort, metrics.registry, { ready: () => ready && !draining && engineAlive });
 
   const registry = new ModelRegistry(
     {
@@ -70,6 +74,13 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
     log,
     metrics,
   );
+  registry.on('engineHealth', (e: { model: string; isDefault: boolean; alive: number }) => {
+    if (!e.isDefault) return;
+    engineAlive = e.alive > 0;
+    if (engineAlive) log.info({ model: e.model, alive: e.alive }, 'engine worker back');
+    else log.error({ model: e.model }, 'no engine worker alive: NOT_SERVING until one is back');
+    if (ready && !draining) for (const s of SERVICES) health.setStatus(s, engineAlive ? 'SERVING' : 'NOT_SERVING');
+  });
   const streams = new Set<Promise<void>>();
   const server = new Server({
     'grpc.max_receive_message_length': config.maxMessageBytes,
@@ -79,7 +90,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   });
   server.addService(
     SegmentationServiceService,
-    { segmentTiles: segmentTilesHandler({ config, registry, pipeline: new TilePipeline({ maxPixels: config.maxTilePixels }), log, metrics, auth, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
+    { segmentTiles: segmentTilesHandler({ config, registry, pipeline: new TilePipeline({ maxPixels: config.maxTilePixels }), log, metrics, auth, draining: () => draining, drainSignal: drain.signal, drained: drainStats, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
   );
   server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, auth));
   health.addToServer(server);
@@ -113,6 +124,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   const shutdown = () =>
     (shuttingDown ??= (async () => {
       draining = true;
+      drain.abort();
       for (const s of SERVICES) health.setStatus(s, 'NOT_SERVING');
       log.info({ streams: streams.size }, 'draining');
       const grace = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), config.drainTimeoutS * 1000).unref());
@@ -129,7 +141,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       }
       await registry.stop().catch(() => undefined);
       await new Promise<void>((resolve) => telemetry.server.close(() => resolve()));
-      log.info('stopped');
+      log.info({ drainedStreams: drainStats.streams, tilesRead: drainStats.tilesRead, tilesAnswered: drainStats.tilesAnswered }, 'stopped');
     })());
 
   return { port, metricsPort: telemetry.port, metrics, registry, shutdown };
