@@ -73,6 +73,8 @@ export class EnginePool extends EventEmitter {
   private readonly init: WorkerInit;
   private nextId = 1;
   private closed = false;
+  /** halt() was called: no new batch starts. */
+  private halted = false;
   private respawnFailures = 0;
 
   private constructor(slots: Slot[], engineName: string, init: WorkerInit) {
@@ -208,9 +210,20 @@ export class EnginePool extends EventEmitter {
     return this.slots.findIndex((s) => s.alive && s.busy);
   }
 
+  /**
+   * Starts no new batch and resolves once no batch is running (or after timeoutMs): the process can then exit
+   * without terminating a worker inside a native engine call, which aborts the whole process (Napi::Error).
+   */
+  async halt(timeoutMs: number): Promise<void> {
+    this.halted = true;
+    const running = this.slots.flatMap((s) => (s.pending ? [new Promise<void>((r) => this.on('idle', () => !s.pending && r())).then(() => undefined)] : []));
+    const timer = new Promise<void>((r) => setTimeout(r, timeoutMs).unref());
+    await Promise.race([Promise.all(running), timer]);
+  }
+
   /** Runs a batch of RGB windows on an idle worker; the buffer is transferred (unusable afterwards). */
   run(input: RgbBatch): Promise<PoolResult> {
-    if (this.closed) return Promise.reject(new Error('engine pool closed'));
+    if (this.closed || this.halted) return Promise.reject(new EngineUnavailableError('engine pool closed'));
     const slot = this.slots.find((s) => s.alive && !s.busy);
     if (!slot) return Promise.reject(new Error('no idle engine worker'));
     slot.busy = true;

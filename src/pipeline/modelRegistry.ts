@@ -125,6 +125,12 @@ export class ModelRegistry extends EventEmitter {
     return all.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
   }
 
+  /** Stops every engine from starting batches and waits (up to timeoutMs) for the running ones: before a hard exit. */
+  async halt(timeoutMs: number): Promise<void> {
+    const models = await this.loadedModels();
+    await Promise.all(models.map((m) => m.pool.halt(timeoutMs)));
+  }
+
   /** Drains every batcher, then stops the engines. */
   async stop(): Promise<void> {
     const models = await this.loadedModels();

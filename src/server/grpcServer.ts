@@ -28,6 +28,8 @@ export interface RunningServer {
   readonly registry: ModelRegistry;
   /** Health NOT_SERVING, refuse new streams, drain in-flight tiles (up to the grace time), then close. */
   shutdown(): Promise<void>;
+  /** For an exit without drain: no new engine batch starts; resolves when none runs (or after timeoutMs). */
+  halt(timeoutMs: number): Promise<void>;
 }
 
 function credentials(config: Config): ServerCredentials {
@@ -144,5 +146,5 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       log.info({ drainedStreams: drainStats.streams, tilesRead: drainStats.tilesRead, tilesAnswered: drainStats.tilesAnswered }, 'stopped');
     })());
 
-  return { port, metricsPort: telemetry.port, metrics, registry, shutdown };
+  return { port, metricsPort: telemetry.port, metrics, registry, shutdown, halt: (ms) => registry.halt(ms) };
 }
