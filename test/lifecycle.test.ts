@@ -93,6 +93,7 @@ class ServeProcess {
     const exited = this.exited.then(([code, sig]) => {
       throw new Error(`server exited (code ${code}, signal ${sig}) before logging "${msg}"\nstderr:\n${this.stderr}\nlogs:\n${JSON.stringify(this.logs)}`);
     });
+    exited.catch(() => undefined); // raced below; unobserved when the line is there already
     for (;;) {
       const hit = this.logs.find((l) => l.msg === msg);
       if (hit) return hit;
