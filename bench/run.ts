@@ -11,7 +11,8 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import sharp from 'sharp';
-import { Client, credentials, type ClientDuplexStream } from '@grpc/grpc-js';
+import { Client, credentials, makeClientConstructor, type ClientDuplexStream, type StatusObject } from '@grpc/grpc-js';
+import { service as healthService } from 'grpc-health-check';
 import { SERVE_NODE_FLAGS } from '../src/cli/serveCommand.js';
 import { connect } from '../src/client/segmentationClient.js';
 import { EnginePool } from '../src/engine/workerPool.js';
@@ -36,9 +37,10 @@ const opts = new Command()
   .option('--streams <list>', 'end-to-end concurrent streams', '1,8,32')
   .option('--rounds <n>', 'alternated 8-stream / model-only rounds for the target ratio', '3')
   .option('--no-torch', 'skip the PyTorch reference')
+  .option('--only-hardening', 'run only the fairness and shutdown rows (and keep the other rows of the last results)')
   .option('--no-wasm', 'skip the TF.js wasm engine')
   .parse()
-  .opts<{ seconds: string; batches: string; streams: string; rounds: string; torch: boolean; wasm: boolean }>();
+  .opts<{ seconds: string; batches: string; streams: string; rounds: string; torch: boolean; wasm: boolean; onlyHardening?: boolean }>();
 const SECONDS = Number(opts.seconds);
 
 function log(msg: string): void {
@@ -200,22 +202,26 @@ function torchReference(): { variant: string; batch: number; tiles_per_s: number
 }
 
 // ---- end to end through gRPC, against the real server in a child process ----
-async function startServerProcess(): Promise<{ child: ChildProcess; port: number }> {
+async function startServerProcess(): Promise<{ child: ChildProcess; port: number; logs: { msg?: string; [k: string]: unknown }[] }> {
   const child = spawn(process.execPath, [...SERVE_NODE_FLAGS, join(ROOT, 'bin', 'histoseg.js'), 'serve', '--port', '0', '--metrics-port', '0', '--log-level', 'info'], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'inherit'],
     env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HISTOSEG_'))),
   });
+  const logs: { msg?: string; [k: string]: unknown }[] = [];
   const lines = createInterface({ input: child.stdout! });
-  for await (const line of lines) {
-    const rec = JSON.parse(line) as { msg?: string; port?: number };
-    if (rec.msg === 'serving') {
-      lines.removeAllListeners('line');
-      child.stdout!.resume();
-      return { child, port: rec.port! };
-    }
-  }
-  throw new Error('server exited before serving');
+  return new Promise((resolve, reject) => {
+    lines.on('line', (line) => {
+      try {
+        const rec = JSON.parse(line) as { msg?: string; port?: number };
+        logs.push(rec);
+        if (rec.msg === 'serving') resolve({ child, port: rec.port!, logs });
+      } catch {
+        // not a log line
+      }
+    });
+    child.once('exit', () => reject(new Error('server exited before serving')));
+  });
 }
 
 function peakRss(pid: number): { peak_mib: number; now_mib: number } {
@@ -311,6 +317,131 @@ async function unloadedLatency(address: string, tiles: Tile[], count: number) {
   return { tiles: count, p50_ms: percentile(times, 50), p99_ms: percentile(times, 99) };
 }
 
+// ---- hardening: fairness under a max-size tile, and shutdown under load ----
+
+/** A max-size tile (the default limit, 4096 x 4096) of flat tissue colour: a small PNG, every window goes to the engine. */
+async function maxSizeTile(): Promise<Tile> {
+  const side = Math.floor(Math.sqrt(loadConfig({}, {}).maxTilePixels));
+  const image = await sharp({ create: { width: side, height: side, channels: 3, background: { r: 200, g: 120, b: 170 } } }).png().toBuffer();
+  return { tileId: 'max', image, mpp: 0, x: 0, y: 0 };
+}
+
+/**
+ * One stream sends a max-size tile; meanwhile health checks go one after another, and a second stream sends small
+ * tissue tiles one at a time. The worst of each is what a readiness probe and another user see.
+ */
+async function fairness(address: string, small: Tile[]) {
+  const big = await maxSizeTile();
+  const Health = makeClientConstructor(healthService, 'Health');
+  const health = new Health(address, credentials.createInsecure()) as unknown as { check(r: { service: string }, cb: (e: Error | null) => void): void; close(): void };
+  const check = () => new Promise<void>((res, rej) => health.check({ service: '' }, (e) => (e ? rej(e) : res())));
+  const c = connect(address);
+  let done = false;
+  const t0 = performance.now();
+  const bigCall = c.segmentation.segmentTiles(c.metadata());
+  const bigDone = (async () => {
+    const answered = once(bigCall, 'data');
+    bigCall.write({ options: undefined, tile: big });
+    bigCall.end();
+    const [r] = (await answered) as [SegmentTilesResponse];
+    done = true;
+    return { seconds: (performance.now() - t0) / 1000, status: r.status, windows: Math.ceil((r.width - 32) / 96) * Math.ceil((r.height - 32) / 96) };
+  })();
+  const healthMs: number[] = [];
+  const healthLoop = (async () => {
+    while (!done) {
+      const h0 = performance.now();
+      await check();
+      healthMs.push(performance.now() - h0);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  const smallMs: number[] = [];
+  const smallLoop = (async () => {
+    const call = c.segmentation.segmentTiles(c.metadata());
+    for (let i = 0; !done; i++) {
+      const s0 = performance.now();
+      const answered = once(call, 'data');
+      call.write({ options: undefined, tile: { ...small[i % small.length]!, tileId: `s${i}` } });
+      await answered;
+      smallMs.push(performance.now() - s0);
+    }
+    call.end();
+    await once(call, 'end').catch(() => undefined);
+  })();
+  const bigResult = await bigDone;
+  await Promise.all([healthLoop, smallLoop]);
+  health.close();
+  c.close();
+  return {
+    max_tile: { pixels: loadConfig({}, {}).maxTilePixels, png_bytes: big.image.length, ...bigResult },
+    health_checks: healthMs.length,
+    worst_health_ms: Math.max(...healthMs),
+    small_tiles: smallMs.length,
+    worst_small_tile_ms: Math.max(...smallMs),
+    p50_small_tile_ms: percentile([...smallMs].sort((a, b) => a - b), 50),
+    targets: { worst_health_ms: 200, worst_small_tile_ms: 1000 },
+  };
+}
+
+/** Streams that keep sending tiles, SIGTERM after `afterS` seconds: what was read, what was answered, how long to exit. */
+async function shutdown(tiles: Tile[], streams: number, afterS: number) {
+  const { child, port, logs } = await startServerProcess();
+  const address = `127.0.0.1:${port}`;
+  const encoded = tiles.map((t) => Buffer.from(SegmentTilesRequest.encode({ options: undefined, tile: t }).finish()));
+  const clients = Array.from({ length: streams }, () => new Client(address, credentials.createInsecure()));
+  let sent = 0;
+  let received = 0;
+  const codes: Record<string, number> = {};
+  let stopped = false;
+  const runs = clients.map(async (c, s) => {
+    const call = openStream(c);
+    call.on('data', () => received++);
+    call.on('error', () => undefined);
+    const status = new Promise<StatusObject>((r) => call.on('status', r));
+    let ended = false;
+    void status.then(() => (ended = true));
+    for (let i = s * 7; !ended && !stopped; i++) {
+      sent++;
+      if (!call.write(encoded[i % encoded.length])) await Promise.race([once(call, 'drain').catch(() => undefined), status]);
+    }
+    const st = await status;
+    codes[st.details || String(st.code)] = (codes[st.details || String(st.code)] ?? 0) + 1;
+  });
+  await new Promise((r) => setTimeout(r, afterS * 1000));
+  const t0 = performance.now();
+  child.kill('SIGTERM');
+  const [code] = (await once(child, 'exit')) as [number | null];
+  const exitSeconds = (performance.now() - t0) / 1000;
+  stopped = true;
+  await Promise.all(runs);
+  clients.forEach((c) => c.close());
+  const stop = logs.find((l) => l.msg === 'stopped') ?? {};
+  return {
+    streams,
+    seconds_before_sigterm: afterS,
+    tiles_sent: sent,
+    tiles_read_by_server: stop.tilesRead,
+    tiles_answered_by_server: stop.tilesAnswered,
+    answers_received: received,
+    stream_endings: codes,
+    exit_code: code,
+    seconds_to_exit: exitSeconds,
+    drain_timed_out: logs.some((l) => l.msg === 'drain timed out; cancelling open streams'),
+  };
+}
+
+function hardeningRows(fair: Awaited<ReturnType<typeof fairness>>, down: Awaited<ReturnType<typeof shutdown>>): string[] {
+  return [
+    `| while one stream sends a max-size tile (${fair.max_tile.pixels} px, ${fair.max_tile.windows} windows, answered in ${fair.max_tile.seconds.toFixed(1)} s) | worst | target |`,
+    `|---|---|---|`,
+    `| health check latency (${fair.health_checks} checks, one every 20 ms) | ${fair.worst_health_ms.toFixed(0)} ms | < ${fair.targets.worst_health_ms} ms |`,
+    `| small tile on a second stream (${fair.small_tiles} tiles one at a time, p50 ${fair.p50_small_tile_ms.toFixed(0)} ms) | ${fair.worst_small_tile_ms.toFixed(0)} ms | < ${fair.targets.worst_small_tile_ms} ms |`,
+    ``,
+    `Shutdown: ${down.streams} streams sending continuously, SIGTERM after ${down.seconds_before_sigterm} s: ${down.tiles_sent} tiles sent, ${down.tiles_read_by_server} read by the server, ${down.tiles_answered_by_server} answered, ${down.answers_received} answers received; streams ended ${JSON.stringify(down.stream_endings)}; exit code ${down.exit_code} ${down.seconds_to_exit.toFixed(2)} s after SIGTERM${down.drain_timed_out ? ' (the drain TIMED OUT)' : ''}.`,
+  ];
+}
+
 // ---- main ----
 const started = new Date();
 log(`machine: ${cpus().length} x ${cpus()[0]?.model}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
@@ -324,6 +455,25 @@ log('gflops' in limit ? `compute limit: ${limit.gflops.toFixed(1)} GFLOP/s = ${l
 const { tissue, background } = existsSync(SVS) ? await realTiles() : { tissue: [], background: [] };
 if (tissue.length === 0) throw new Error(`no tissue tiles: ${SVS} is needed`);
 log(`${tissue.length} real tissue tiles, ${background.length} glass tiles`);
+
+if (opts.onlyHardening) {
+  const { child, port } = await startServerProcess();
+  let fair;
+  try {
+    fair = await fairness(`127.0.0.1:${port}`, tissue);
+  } finally {
+    child.kill('SIGTERM');
+    await once(child, 'exit');
+  }
+  const down = await shutdown(tissue, 8, 3);
+  const out = { date: started.toISOString(), machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version, loadavg_at_start: loadavg() }, fairness: fair, shutdown: down };
+  mkdirSync(OUT_DIR, { recursive: true });
+  writeFileSync(join(OUT_DIR, 'hardening.json'), JSON.stringify(out, null, 2) + '\n');
+  const md = [`# Hardening benchmark`, ``, `${out.date}, ${out.machine.cpus} x ${out.machine.model}, load average at start ${out.machine.loadavg_at_start.map((x) => x.toFixed(2)).join(' ')} (the machine is shared with other jobs). \`npm run bench -- --only-hardening\`.`, ``, ...hardeningRows(fair, down), ``].join('\n');
+  writeFileSync(join(OUT_DIR, 'hardening.md'), md);
+  process.stdout.write(md);
+  process.exit(0);
+}
 
 const self = [process.pid];
 const model = await modelOnly(join(entry.dir, entry.manifest.files.onnx), C, opts.batches.split(',').map(Number), self);
@@ -343,6 +493,7 @@ const paired: { e2e_tiles_per_s: number; model_only_tiles_per_s: number; ratio: 
 let background_run;
 let unloaded: Awaited<ReturnType<typeof unloadedLatency>> | undefined;
 let rss = { peak_mib: NaN, now_mib: NaN };
+let fair: Awaited<ReturnType<typeof fairness>> | undefined;
 try {
   await endToEnd(address, tissue, 2, 1.5, pids); // warm-up
   unloaded = await unloadedLatency(address, tissue, 300);
@@ -366,12 +517,17 @@ try {
     log(`paired round ${round + 1}: end-to-end 8 streams ${e.tiles_per_s.toFixed(1)} vs model-only as served ${reference.toFixed(1)} tiles/s = ${(100 * e.tiles_per_s / reference).toFixed(0)}%`);
     before = after;
   }
+  fair = await fairness(address, tissue);
+  log(`fairness: worst health ${fair.worst_health_ms.toFixed(0)} ms, worst small tile ${fair.worst_small_tile_ms.toFixed(0)} ms while a max-size tile took ${fair.max_tile.seconds.toFixed(1)} s`);
 } finally {
   await servedPool.close();
   rss = peakRss(child.pid!);
   child.kill('SIGTERM');
   await once(child, 'exit');
 }
+
+const down = await shutdown(tissue, 8, 3);
+log(`shutdown: read ${down.tiles_read_by_server}, answered ${down.tiles_answered_by_server}, received ${down.answers_received}, exit ${down.exit_code} after ${down.seconds_to_exit.toFixed(2)} s`);
 
 const pairedMedian = paired.length ? median(paired.map((p) => p.ratio)) : NaN;
 const cpuMedian = paired.length ? median(paired.map((p) => p.model_only_cpu_ms_per_tile / p.e2e_cpu_ms_per_tile)) : NaN;
@@ -405,6 +561,8 @@ const result = {
     e2e_vs_served_from_cpu_median: cpuMedian,
   },
   paired_rounds: paired,
+  fairness: fair,
+  shutdown: down,
 };
 
 const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : 'n/a');
@@ -436,6 +594,8 @@ const md = [
         `End-to-end at 8 streams against the engine as served, alternated ${paired.length} times (each end-to-end run against the mean of the model-only runs just before and after it, so the machine's drift cancels): ${paired.map((p) => `${f1(p.e2e_tiles_per_s)} / ${f1(p.model_only_tiles_per_s)} = ${pct(p.ratio)}`).join('; ')}. **Median ${pct(pairedMedian)}.** From CPU per tile (model-only ${paired.map((p) => p.model_only_cpu_ms_per_tile.toFixed(2)).join(', ')} ms; end to end, server + client, ${paired.map((p) => p.e2e_cpu_ms_per_tile.toFixed(2)).join(', ')} ms): ${pct(cpuMedian)}.`,
       ]
     : []),
+  ``,
+  ...(fair ? hardeningRows(fair, down) : []),
   ``,
 ].join('\n');
 mkdirSync(OUT_DIR, { recursive: true });

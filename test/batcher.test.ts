@@ -166,4 +166,44 @@ describe('Batcher', () => {
     assert.equal((await r).cls[0], 9);
     await assert.rejects(b.enqueue(win(1)), BatcherStoppedError);
   });
+
+  it('serves lanes in turn: a window of a second stream goes in the next batch, however many the first has queued', async () => {
+    const runner = new FakeRunner();
+    const b = new Batcher(runner, { ...opts, queueCapacity: 100 });
+    const busy = b.enqueue(win(1)); // the only worker is busy with this one
+    const a = {};
+    const c = {};
+    const first = Array.from({ length: 12 }, (_, i) => b.enqueue(win(10 + i), undefined, { lane: a }));
+    const second = b.enqueue(win(99), undefined, { lane: c });
+    assert.deepEqual(runner.batches, [1]);
+    runner.finish();
+    await busy;
+    assert.deepEqual(runner.batches, [1, 4]);
+    runner.finish();
+    assert.equal((await second).cls[0], 99, 'the second lane got a place in the next batch');
+    const firstBatch = await Promise.all(first.slice(0, 3));
+    assert.deepEqual(firstBatch.map((r) => r.cls[0]), [10, 11, 12], 'the first lane keeps its order');
+    while (runner.busy > 0) runner.finish();
+    await Promise.all(first);
+  });
+
+  it('reserve() holds the bound in windows over all lanes, first come first served', async () => {
+    const runner = new FakeRunner();
+    const b = new Batcher(runner, opts); // capacity 8
+    assert.equal(await b.reserve(6), 6);
+    const order: string[] = [];
+    const big = b.reserve(4).then((n) => (order.push('big'), n));
+    const small = b.reserve(1).then((n) => (order.push('small'), n));
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(order, [], 'neither fits: 6 + 4 > 8, and the small one waits its turn behind the big one');
+    assert.equal(b.depth + b.reserved, 6);
+    b.unreserve(6);
+    assert.equal(await big, 4);
+    assert.equal(await small, 1);
+    assert.deepEqual(order, ['big', 'small']);
+    assert.equal(b.reserved, 5);
+    b.unreserve(5);
+    assert.equal(await b.reserve(100), 8, 'a request over the capacity is capped at it');
+  });
 });
+

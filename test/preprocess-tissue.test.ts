@@ -8,6 +8,7 @@ import {
   SATURATION_THRESHOLD,
   tissueFraction,
   tissueMask,
+  tissueMaskChunked,
   tissueMaskInto,
 } from '../src/imaging/tissue.js';
 import { rng } from './support/random.js';
@@ -210,4 +211,31 @@ test('tissueMaskInto returns the count of the mask it writes', () => {
   const count = tissueMaskInto(rgb, w, h, out);
   assert.deepEqual(out, tissueMask(rgb, w, h));
   assert.equal(count, sum(out));
+});
+
+test('tissueMaskChunked gives the same mask and count as tissueMask, in many pauses, two masks interleaved', async () => {
+  let seed = 11;
+  const rnd = (): number => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed / 0x7fffffff;
+  };
+  const sizes = [[1, 1], [40, 1], [33, 20], [65, 66], [100, 37], [300, 170]] as const;
+  for (const [w, h] of sizes) {
+    const imgs = [0, 1].map(() => {
+      const fx = 0.05 + rnd() * 0.3;
+      const ph = rnd() * 6;
+      return tile(w, h, (x, y) => Math.sin(x * fx + ph) + Math.cos(y * fx) + (rnd() - 0.5) * 1.2 > 0.3);
+    });
+    let pauses = 0;
+    const pause = () => new Promise<void>((r) => setImmediate(() => (pauses++, r())));
+    // Two masks at once, so each runs in the other's pauses: no shared scratch may leak between them.
+    const outs = imgs.map(() => new Uint8Array(w * h).fill(7));
+    const counts = await Promise.all(imgs.map((rgb, i) => tissueMaskChunked(rgb, w, h, outs[i]!, pause, 97)));
+    for (let i = 0; i < 2; i++) {
+      const ref = tissueMask(imgs[i]!, w, h);
+      assert.deepEqual(outs[i], ref, `${w}x${h} image ${i}`);
+      assert.equal(counts[i], ref.reduce((a, b) => a + b, 0));
+    }
+    if (w * h > 1000) assert.ok(pauses > 10, `${w}x${h}: ${pauses} pauses`);
+  }
 });

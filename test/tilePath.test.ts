@@ -105,6 +105,8 @@ function shufflingBatcher(expected: number, C: number, rand: () => number) {
   };
   return {
     prepare: () => () => undefined,
+    reserve: (n: number) => Promise.resolve(n),
+    unreserve: () => undefined,
     enqueue(data: Uint8Array) {
       return new Promise((resolve) => {
         pending.push({ data, resolve });

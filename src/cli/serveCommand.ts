@@ -11,6 +11,9 @@ import { createLogger } from '../telemetry/logger.js';
  */
 export const SERVE_NODE_FLAGS = ['--initial-old-space-size=128'] as const;
 
+/** Longest wait, on a second signal, for running engine batches (each a fraction of a second) before exiting. */
+const HALT_TIMEOUT_MS = 3_000;
+
 export function registerServe(program: Command): void {
   program
     .command('serve')
@@ -62,9 +65,13 @@ export function registerServe(program: Command): void {
       const server = await startServer(config, log);
       let signals = 0;
       const stop = (sig: string) => {
-        if (++signals > 1) {
+        if (++signals > 2) process.exit(1);
+        if (signals === 2) {
+          // Exit now, without the drain; but not while an engine worker is inside a native run: terminating it
+          // there throws Napi::Error past the addon and the process dies of SIGABRT, which reads as a crash.
           log.warn({ signal: sig }, 'second signal: exiting now');
-          process.exit(1);
+          void server.halt(HALT_TIMEOUT_MS).finally(() => process.exit(1));
+          return;
         }
         log.info({ signal: sig }, 'shutting down');
         server.shutdown().then(

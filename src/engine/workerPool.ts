@@ -80,6 +80,8 @@ export class EnginePool extends EventEmitter {
   private readonly perWorker: number;
   private nextId = 1;
   private closed = false;
+  /** halt() was called: no new batch starts. */
+  private halted = false;
   private respawnFailures = 0;
 
   private constructor(slots: Slot[], engineName: string, init: WorkerInit, perWorker: number, adapter?: GpuAdapterInfo) {
@@ -229,9 +231,29 @@ export class EnginePool extends EventEmitter {
     return this.slots.findIndex((s) => s.alive && s.pending.size > 0);
   }
 
+  /**
+   * Starts no new batch and resolves once no batch is running (or after timeoutMs): the process can then exit
+   * without terminating a worker inside a native engine call, which aborts the whole process (Napi::Error).
+   */
+  async halt(timeoutMs: number): Promise<void> {
+    this.halted = true;
+    const idle = () => this.slots.every((s) => !s.alive || s.pending.size === 0);
+    const drained = new Promise<void>((resolve) => {
+      if (idle()) return resolve();
+      const check = () => {
+        if (!idle()) return;
+        this.off('idle', check);
+        resolve();
+      };
+      this.on('idle', check);
+    });
+    const timer = new Promise<void>((r) => setTimeout(r, timeoutMs).unref());
+    await Promise.race([drained, timer]);
+  }
+
   /** Runs a batch of RGB windows on the least loaded live worker; the buffer is transferred (unusable afterwards). */
   run(input: RgbBatch): Promise<PoolResult> {
-    if (this.closed) return Promise.reject(new Error('engine pool closed'));
+    if (this.closed || this.halted) return Promise.reject(new EngineUnavailableError('engine pool closed'));
     let slot: Slot | undefined;
     for (const s of this.slots) if (s.alive && s.pending.size < this.perWorker && (!slot || s.pending.size < slot.pending.size)) slot = s;
     if (!slot) return Promise.reject(new Error('no idle engine worker'));

@@ -60,10 +60,17 @@ export class Blender {
 
   /** Argmax class per pixel (width * height); ties go to the lower class index. */
   labels(): Uint8Array {
+    const out = new Uint8Array(this.width * this.height);
+    this.labelsInto(out);
+    return out;
+  }
+
+  /** labels() for pixels from..to-1 (row-major) into out, so a large tile's labels can be made in steps. */
+  labelsInto(out: Uint8Array, from = 0, to = this.width * this.height): void {
     const { numClasses: nc, acc } = this;
     const npx = this.width * this.height;
-    const out = new Uint8Array(npx);
-    for (let p = 0; p < npx; p++) {
+    if (out.length < npx || from < 0 || to > npx) throw new RangeError(`labelsInto: ${from}..${to} of ${npx} pixels into ${out.length}`);
+    for (let p = from; p < to; p++) {
       let best = 0;
       let bestV = acc[p]!;
       for (let c = 1; c < nc; c++) {
@@ -75,7 +82,6 @@ export class Blender {
       }
       out[p] = best;
     }
-    return out;
   }
 
   /** Fraction of the tile's pixels in each class. */
@@ -87,6 +93,11 @@ export class Blender {
 /** Share of the label map in each class, in class order. */
 export function classFractions(labels: Uint8Array, numClasses: number): number[] {
   const counts = new Float64Array(numClasses);
-  for (let p = 0; p < labels.length; p++) counts[labels[p]!]!++;
+  countClasses(labels, counts);
   return Array.from(counts, (c) => c / labels.length);
+}
+
+/** Adds the pixels of each class among labels[from..to) to counts. */
+export function countClasses(labels: Uint8Array, counts: Float64Array, from = 0, to = labels.length): void {
+  for (let p = from; p < to; p++) counts[labels[p]!]!++;
 }

@@ -1,5 +1,6 @@
 import sharp, { type Metadata, type OutputInfo } from 'sharp';
 import { checkJpegScan } from './jpegScan.js';
+import { labelResampler } from './labelResample.js';
 import { decodePlainPng, encodeGreyPng } from './png.js';
 
 /** An 8-bit RGB image, channels interleaved (RGBRGB...), rows top to bottom. */
@@ -164,7 +165,11 @@ export function checkPixelLimit(size: { width: number; height: number }, maxPixe
  */
 export async function decodeImage(
   bytes: Uint8Array,
-  limits: { maxPixels: number; scale?: number },
+  /**
+   * scale: the factor the caller will resample by (the limit holds after it too); maxSyncPixels: larger PNGs skip
+   * the synchronous fast path and decode in sharp's threads (the event loop stays free).
+   */
+  limits: { maxPixels: number; scale?: number; maxSyncPixels?: number },
   /** Where plain PNGs decode to (the server passes its buffer pool). */
   alloc?: (length: number) => Uint8Array,
 ): Promise<RgbImage> {
@@ -175,7 +180,7 @@ export async function decodeImage(
   const header = await readHeader(bytes);
   checkPixelLimit(header, maxPixels, limits.scale);
   const { format } = header;
-  const plain = format === 'png' ? decodePlainPng(bytes, alloc) : undefined;
+  const plain = format === 'png' && header.width * header.height <= (limits.maxSyncPixels ?? Infinity) ? decodePlainPng(bytes, alloc) : undefined;
   if (plain) return toRgb(plain);
   if (format === 'jpeg') {
     const problem = await checkJpegScan(bytes);
@@ -241,13 +246,7 @@ export async function resizeLabels(
   if (labels.length !== w * h) throw new RangeError(`label buffer has ${labels.length} bytes, expected ${w}x${h}`);
   checkSize(newW, newH);
   const out = new Uint8Array(newW * newH);
-  const xs = new Int32Array(newW);
-  for (let x = 0; x < newW; x++) xs[x] = Math.min(w - 1, Math.floor(((x + 0.5) * w) / newW));
-  for (let y = 0; y < newH; y++) {
-    const src = Math.min(h - 1, Math.floor(((y + 0.5) * h) / newH)) * w;
-    const dst = y * newW;
-    for (let x = 0; x < newW; x++) out[dst + x] = labels[src + xs[x]!]!;
-  }
+  labelResampler(labels, w, h, out, newW, newH)(0, newH);
   return out;
 }
 

@@ -1,4 +1,7 @@
-import { crc32, deflateSync, inflateSync } from 'node:zlib';
+import { promisify } from 'node:util';
+import { crc32, deflate, deflateSync, inflateSync } from 'node:zlib';
+
+const deflateAsync = promisify(deflate);
 
 /**
  * The answer's label mask as an 8-bit greyscale PNG. Written here rather than with sharp or fast-png: every
@@ -28,22 +31,37 @@ let idatScratch = Buffer.alloc(0);
  */
 const MASK_DEFLATE = { level: 1, chunkSize: 4096 } as const;
 
-export function encodeGreyPng(pixels: Uint8Array, width: number, height: number): Buffer {
+function greyIhdr(width: number, height: number): Buffer {
   const ihdr = Buffer.alloc(13);
   ihdr.writeUInt32BE(width, 0);
   ihdr.writeUInt32BE(height, 4);
   ihdr[8] = 8; // bit depth
   ihdr[9] = 0; // colour type: greyscale; compression, filter and interlace stay 0
-  // Each row starts with its filter byte, 0 (none): label maps are flat, deflate alone compresses them well.
-  const n = (width + 1) * height;
-  if (rowScratch.length < n) rowScratch = Buffer.allocUnsafe(n);
-  const rows = rowScratch.subarray(0, n);
+  return ihdr;
+}
+
+/** Each row starts with its filter byte, 0 (none): label maps are flat, deflate alone compresses them well. */
+function filterRows(pixels: Uint8Array, width: number, height: number, rows: Buffer): Buffer {
   const src = Buffer.from(pixels.buffer, pixels.byteOffset, pixels.byteLength);
   for (let y = 0; y < height; y++) {
     rows[y * (width + 1)] = 0;
     src.copy(rows, y * (width + 1) + 1, y * width, (y + 1) * width);
   }
-  return Buffer.concat([SIGNATURE, chunk('IHDR', ihdr), chunk('IDAT', deflateSync(rows, MASK_DEFLATE)), IEND]);
+  return rows;
+}
+
+export function encodeGreyPng(pixels: Uint8Array, width: number, height: number): Buffer {
+  const n = (width + 1) * height;
+  if (rowScratch.length < n) rowScratch = Buffer.allocUnsafe(n);
+  const rows = filterRows(pixels, width, height, rowScratch.subarray(0, n));
+  return Buffer.concat([SIGNATURE, chunk('IHDR', greyIhdr(width, height)), chunk('IDAT', deflateSync(rows, MASK_DEFLATE)), IEND]);
+}
+
+/** encodeGreyPng with the deflate in zlib's thread pool: for large masks, which would hold the event loop. */
+export async function encodeGreyPngAsync(pixels: Uint8Array, width: number, height: number): Promise<Buffer> {
+  const rows = filterRows(pixels, width, height, Buffer.allocUnsafe((width + 1) * height));
+  const idat = await deflateAsync(rows, { level: MASK_DEFLATE.level });
+  return Buffer.concat([SIGNATURE, chunk('IHDR', greyIhdr(width, height)), chunk('IDAT', idat), IEND]);
 }
 
 /**

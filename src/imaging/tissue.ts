@@ -69,26 +69,43 @@ function threshold(rgb: Uint8Array, n: number, out: Uint8Array): number {
 
 /**
  * Background pixels not 4-connected to the border become tissue. The flood runs in a copy padded by a one-pixel
- * ring marked as reached, so neighbours need no bounds checks. Returns the tissue count.
+ * ring marked as reached, so neighbours need no bounds checks. In steps (pad rows, seed, flood, unpad rows) so
+ * the chunked mask can pause between them.
  */
-function fillHoles(mask: Uint8Array, w: number, h: number): number {
-  const REACHED = 2;
+interface HoleFill {
+  readonly w: number;
+  readonly h: number;
+  readonly pw: number;
+  readonly padded: Uint8Array;
+  readonly stack: Int32Array;
+  top: number;
+}
+const REACHED = 2;
+
+function holeFill(w: number, h: number, padded: Uint8Array, stack: Int32Array): HoleFill {
   const pw = w + 2;
-  const padded = paddedScratch;
   padded.fill(REACHED, 0, pw);
   padded.fill(REACHED, (h + 1) * pw, (h + 2) * pw);
-  for (let y = 0; y < h; y++) {
+  return { w, h, pw, padded, stack, top: 0 };
+}
+
+function padRows(f: HoleFill, mask: Uint8Array, y0: number, y1: number): void {
+  const { w, pw, padded } = f;
+  for (let y = y0; y < y1; y++) {
     const o = (y + 1) * pw;
     padded[o] = REACHED;
     padded.set(mask.subarray(y * w, y * w + w), o + 1);
     padded[o + w + 1] = REACHED;
   }
-  let top = 0;
+}
+
+function seedBorder(f: HoleFill): void {
+  const { w, h, pw, padded, stack } = f;
   const seedRow = (o: number, len: number, step: number): void => {
     for (let k = 0, i = o; k < len; k++, i += step) {
       if (padded[i] === 0) {
         padded[i] = REACHED;
-        stack[top++] = i;
+        stack[f.top++] = i;
       }
     }
   };
@@ -96,7 +113,13 @@ function fillHoles(mask: Uint8Array, w: number, h: number): number {
   seedRow(h * pw + 1, w, 1);
   seedRow(pw + 1, h, pw);
   seedRow(pw + w, h, pw);
-  while (top > 0) {
+}
+
+/** Floods from the stack for at most `budget` pixels; true when the flood is complete. */
+function flood(f: HoleFill, budget: number): boolean {
+  const { pw, padded, stack } = f;
+  let top = f.top;
+  while (top > 0 && budget-- > 0) {
     const i = stack[--top]!;
     if (padded[i - 1] === 0) {
       padded[i - 1] = REACHED;
@@ -115,8 +138,15 @@ function fillHoles(mask: Uint8Array, w: number, h: number): number {
       stack[top++] = i + pw;
     }
   }
+  f.top = top;
+  return top === 0;
+}
+
+/** Writes rows back to mask (reached = background); returns their tissue count. */
+function unpadRows(f: HoleFill, mask: Uint8Array, y0: number, y1: number): number {
+  const { w, pw, padded } = f;
   let count = 0;
-  for (let y = 0; y < h; y++) {
+  for (let y = y0; y < y1; y++) {
     const o = (y + 1) * pw + 1;
     const d = y * w;
     for (let x = 0; x < w; x++) {
@@ -128,13 +158,21 @@ function fillHoles(mask: Uint8Array, w: number, h: number): number {
   return count;
 }
 
+function fillHoles(mask: Uint8Array, w: number, h: number): number {
+  const f = holeFill(w, h, paddedScratch, stack);
+  padRows(f, mask, 0, h);
+  seedBorder(f);
+  flood(f, Infinity);
+  return unpadRows(f, mask, 0, h);
+}
+
 /*
  * The opening runs on bit-packed rows (32 pixels per word): a square min/max filter is then a few shifts and
  * ANDs/ORs per word. Windows are clipped to the tile (outside pixels are 1 for erosion, 0 for dilation, i.e.
  * ignored), so the tile edge neither erodes tissue nor grows it and the result does not depend on where a tile is cut.
  */
-function pack(mask: Uint8Array, w: number, h: number, wpr: number, bits: Int32Array): void {
-  for (let y = 0; y < h; y++) {
+function pack(mask: Uint8Array, w: number, h: number, wpr: number, bits: Int32Array, y0 = 0, y1 = h): void {
+  for (let y = y0; y < y1; y++) {
     const o = y * w;
     for (let k = 0; k < wpr; k++) {
       const x0 = k << 5;
@@ -146,11 +184,11 @@ function pack(mask: Uint8Array, w: number, h: number, wpr: number, bits: Int32Ar
   }
 }
 
-function rowPass(src: Int32Array, dst: Int32Array, w: number, h: number, wpr: number, r: number, erode: boolean): void {
+function rowPass(src: Int32Array, dst: Int32Array, w: number, h: number, wpr: number, r: number, erode: boolean, y0 = 0, y1 = h): void {
   const fill = erode ? -1 : 0;
   const tail = w & 31;
   const valid = tail === 0 ? -1 : (1 << tail) - 1;
-  for (let y = 0; y < h; y++) {
+  for (let y = y0; y < y1; y++) {
     const o = y * wpr;
     const last = o + wpr - 1;
     src[last] = erode ? src[last]! | ~valid : src[last]! & valid;
@@ -169,8 +207,8 @@ function rowPass(src: Int32Array, dst: Int32Array, w: number, h: number, wpr: nu
   }
 }
 
-function colPass(src: Int32Array, dst: Int32Array, h: number, wpr: number, r: number, erode: boolean): void {
-  for (let y = 0; y < h; y++) {
+function colPass(src: Int32Array, dst: Int32Array, h: number, wpr: number, r: number, erode: boolean, y0 = 0, y1 = h): void {
+  for (let y = y0; y < y1; y++) {
     const lo = Math.max(0, y - r);
     const hi = Math.min(h - 1, y + r);
     for (let k = 0; k < wpr; k++) {
@@ -182,9 +220,9 @@ function colPass(src: Int32Array, dst: Int32Array, h: number, wpr: number, r: nu
 }
 
 /** Unpacks bits into mask (0/1 bytes); returns the count of ones. */
-function unpack(bits: Int32Array, w: number, h: number, wpr: number, mask: Uint8Array): number {
+function unpack(bits: Int32Array, w: number, h: number, wpr: number, mask: Uint8Array, y0 = 0, y1 = h): number {
   let count = 0;
-  for (let y = 0; y < h; y++) {
+  for (let y = y0; y < y1; y++) {
     const o = y * w;
     for (let x = 0; x < w; x++) {
       const v = (bits[y * wpr + (x >>> 5)]! >>> (x & 31)) & 1;
@@ -242,6 +280,53 @@ export function tissueMask(rgb: Uint8Array, width: number, height: number): Uint
 export function tissueMaskInto(rgb: Uint8Array, width: number, height: number, out: Uint8Array): number {
   if (out.length < width * height) throw new RangeError(`mask buffer has ${out.length} bytes, expected ${width}x${height}`);
   return computeMask(rgb, width, height, out);
+}
+
+/**
+ * tissueMaskInto in steps of about `chunkPixels` pixels of work, awaiting `pause()` between them, so a large tile's
+ * mask never holds the event loop for long. Same mask as tissueMaskInto (the TypeScript algorithm, with buffers of
+ * its own, since other tiles' masks run in its pauses).
+ */
+export async function tissueMaskChunked(
+  rgb: Uint8Array,
+  w: number,
+  h: number,
+  out: Uint8Array,
+  pause: () => Promise<void>,
+  chunkPixels = 1 << 17,
+): Promise<number> {
+  checkTile(rgb, w, h);
+  if (out.length < w * h) throw new RangeError(`mask buffer has ${out.length} bytes, expected ${w}x${h}`);
+  const n = w * h;
+  const rows = Math.max(1, Math.floor(chunkPixels / w));
+  const bands = async (fn: (y0: number, y1: number) => void): Promise<void> => {
+    for (let y = 0; y < h; y += rows) {
+      fn(y, Math.min(h, y + rows));
+      await pause();
+    }
+  };
+  let count = 0;
+  await bands((y0, y1) => (count += threshold(rgb.subarray(y0 * w * 3), (y1 - y0) * w, out.subarray(y0 * w))));
+  if (count === 0 || count === n) return count;
+  const f = holeFill(w, h, new Uint8Array((w + 2) * (h + 2)), new Int32Array(n));
+  await bands((y0, y1) => padRows(f, out, y0, y1));
+  seedBorder(f);
+  while (!flood(f, chunkPixels)) await pause();
+  count = 0;
+  await bands((y0, y1) => (count += unpadRows(f, out, y0, y1)));
+  if (count === n) return count;
+  const r = OPENING_SIZE >> 1;
+  const wpr = (w + 31) >>> 5;
+  const a = new Int32Array(wpr * h);
+  const b = new Int32Array(wpr * h);
+  await bands((y0, y1) => pack(out, w, h, wpr, a, y0, y1));
+  await bands((y0, y1) => rowPass(a, b, w, h, wpr, r, true, y0, y1));
+  await bands((y0, y1) => colPass(b, a, h, wpr, r, true, y0, y1));
+  await bands((y0, y1) => rowPass(a, b, w, h, wpr, r, false, y0, y1));
+  await bands((y0, y1) => colPass(b, a, h, wpr, r, false, y0, y1));
+  count = 0;
+  await bands((y0, y1) => (count += unpack(a, w, h, wpr, out, y0, y1)));
+  return count;
 }
 
 /** tissueMask by the TypeScript implementation alone (tests compare the WebAssembly kernel with it). */

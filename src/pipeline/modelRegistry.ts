@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import { EnginePool } from '../engine/workerPool.js';
 import type { Device, EngineKind } from '../engine/engine.js';
 import type { GpuAdapterInfo } from '../util/gpuAdapter.js';
@@ -13,6 +14,8 @@ export interface ModelRunner extends BatchRunner {
   /** GPU engines: the adapter they run on. */
   readonly adapter?: GpuAdapterInfo;
   close(): Promise<void>;
+  /** Start no new batch; resolve once none runs (or after timeoutMs). */
+  halt?(timeoutMs: number): Promise<void>;
 }
 
 export interface LoadedModel {
@@ -67,8 +70,11 @@ interface Slot {
  * `<root>/default.json`: activate() writes it, and a poll picks up a change written by any server sharing the
  * repository, loading the new default before switching to it (a failed load leaves the old one serving). Names
  * from requests are resolved only among the repository's listed entries, never used as paths.
+ *
+ * Emits 'engineHealth' ({ model, isDefault, alive }) whenever a model's engine workers die or come back, so the
+ * server can say NOT_SERVING while the default model has no live worker.
  */
-export class ModelRegistry {
+export class ModelRegistry extends EventEmitter {
   private readonly slots = new Map<string, Slot>();
   private defaultKey = '';
   private poller?: NodeJS.Timeout;
@@ -79,7 +85,9 @@ export class ModelRegistry {
     private readonly opts: RegistryOptions,
     private readonly log: Logger,
     private readonly metrics: Metrics,
-  ) {}
+  ) {
+    super();
+  }
 
   async start(): Promise<LoadedModel> {
     const entry = await resolveModel(this.opts.root, this.opts.defaultModel);
@@ -233,6 +241,9 @@ export class ModelRegistry {
       this.metrics,
     );
     pool.on('error', (err: Error) => this.log.error({ err, model: k }, 'engine worker failed'));
+    const health = (alive: number) => this.emit('engineHealth', { model: k, isDefault: k === this.defaultKey, alive });
+    pool.on('down', health);
+    pool.on('up', health);
     try {
       // Warm-up: the first run pays for graph optimisation; do it before anyone is answered.
       await pool.run({ data: new Uint8Array(3 * size * size), n: 1 });
@@ -296,6 +307,12 @@ export class ModelRegistry {
   }
 
   /** Drains every batcher, then stops the engines. */
+  /** Stops every engine from starting batches and waits (up to timeoutMs) for the running ones: before a hard exit. */
+  async halt(timeoutMs: number): Promise<void> {
+    const models = await this.loadedModels();
+    await Promise.all(models.map((m) => m.pool.halt?.(timeoutMs)));
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.poller);

@@ -1,11 +1,13 @@
-import { checkPixelLimit, decodeImage, InvalidImageError, resizeLabels, resizeRgb, scaledSize, type RgbImage } from '../imaging/decode.js';
-import { tissueMaskInto } from '../imaging/tissue.js';
+import { checkPixelLimit, decodeImage, InvalidImageError, resizeRgb, scaledSize, type RgbImage } from '../imaging/decode.js';
+import { labelResampler } from '../imaging/labelResample.js';
+import { tissueMaskChunked, tissueMaskInto } from '../imaging/tissue.js';
 import { extractWindow, planWindows, WINDOW_OVERLAP } from '../imaging/windows.js';
-import { Blender, classFractions } from '../imaging/blend.js';
+import { Blender, countClasses } from '../imaging/blend.js';
 import { kernelLabelOneWindow } from '../imaging/kernels/pixelKernels.js';
+import type { WindowResult } from './batcher.js';
 import { BytePool } from './bufferPool.js';
 import type { LoadedModel } from './modelRegistry.js';
-import type { SlideStain } from './slideStain.js';
+import type { SlideStain, StainTurn } from './slideStain.js';
 
 /** Relative mpp difference below which a tile is taken at the model's scale as it is. */
 const MPP_TOLERANCE = 0.02;
@@ -31,6 +33,41 @@ function tileScale(mpp: number, modelMpp: number): number {
   return mpp > 0 && Math.abs(mpp - modelMpp) / modelMpp > MPP_TOLERANCE ? mpp / modelMpp : 1;
 }
 
+/*
+ * Fairness: no synchronous step of a large tile holds the event loop for long, so health checks, metrics and
+ * other streams' tiles are served while it is processed. Pixel passes run in steps of CHUNK_PIXELS with a pause
+ * (setImmediate) between; tiles up to SYNC_PIXELS take the one-call paths (WebAssembly mask, zlib PNG decode),
+ * which are as short. Windows are queued WINDOW_SLICE at a time under the batcher's window bound, and blended
+ * BLEND_STEP at a time as their results come in.
+ */
+const CHUNK_PIXELS = 1 << 17;
+const SYNC_PIXELS = 1 << 18;
+const WINDOW_SLICE = 16;
+const BLEND_STEP = 2;
+
+/** Lets timers, I/O and other tiles run before the next step. */
+const pause = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/** Runs fn over [0, n) in steps of `step`, pausing between steps (no pause at all when one step covers it). */
+async function inSteps(n: number, step: number, fn: (from: number, to: number) => void): Promise<void> {
+  for (let a = 0; a < n; a += step) {
+    fn(a, Math.min(n, a + step));
+    if (a + step < n) await pause();
+  }
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve(v: T): void;
+  reject(e: unknown): void;
+}
+function deferred<T>(): Deferred<T> {
+  const d = {} as Deferred<T>;
+  d.promise = new Promise<T>((res, rej) => ((d.resolve = res), (d.reject = rej)));
+  d.promise.catch(() => undefined); // observed by the consumer, or dropped with the tile
+  return d;
+}
+
 export interface TileLimits {
   maxPixels: number;
 }
@@ -44,6 +81,7 @@ export interface StreamContext {
   readonly stain?: SlideStain;
   readonly signal: AbortSignal;
 }
+
 
 /**
  * A tile as the pipeline sees it: encoded image bytes (what a client sends) or decoded RGB (what a local caller
@@ -151,11 +189,10 @@ export function labelOneWindowTs(logits: Float32Array, C: number, m: number, n: 
   }
 }
 
-/** The same for C planes of logits, for windows that are blended. */
-function upsampleLogits(logits: Float32Array, C: number, m: number, n: number): Float32Array {
+/** The same for C planes of logits, for windows that are blended, into `out` (C x n x n). */
+function upsampleLogits(logits: Float32Array, C: number, m: number, n: number, out: Float32Array): Float32Array {
   if (m === n) return logits;
   const f = n / m;
-  const out = new Float32Array(C * n * n);
   for (let c = 0; c < C; c++) {
     for (let y = 0; y < n; y++) {
       const row = c * m * m + ((y / f) | 0) * m;
@@ -164,7 +201,6 @@ function upsampleLogits(logits: Float32Array, C: number, m: number, n: number): 
   }
   return out;
 }
-
 
 /**
  * The tile path, wire-free: encoded bytes in, a TileResult out. It owns the byte pool its tiles' buffers
@@ -181,25 +217,31 @@ export class TilePipeline {
    * or a stopped pipeline.
    */
   async segmentTile(tile: TileInput, ctx: StreamContext): Promise<TileResult> {
-    const mppError = mppProblem(tile.mpp);
-    if (mppError) return invalidResult(mppError);
-    if (tile.image?.length === 0) return invalidResult('image is empty');
-    // Every pooled buffer this tile takes goes back when it is done (or fails), except the labels it returns.
-    const taken: Uint8Array[] = [];
-    const take = (length: number): Uint8Array => {
-      const b = this.buffers.acquire(length);
-      taken.push(b);
-      return b;
-    };
-    // Until its windows are queued, this tile tells the batcher that more work is coming (Batcher.prepare).
-    const queued = ctx.model.batcher.prepare();
-    let result: TileResult | undefined;
+    // The tile's turn in its slide's stain estimate is taken now, in arrival order (see SlideStain).
+    const turn = ctx.stain?.turn();
     try {
-      result = await this.segment(tile, ctx, take, queued);
-      return result;
+      const mppError = mppProblem(tile.mpp);
+      if (mppError) return invalidResult(mppError);
+      if (tile.image?.length === 0) return invalidResult('image is empty');
+      // Every pooled buffer this tile takes goes back when it is done (or fails), except the labels it returns.
+      const taken: Uint8Array[] = [];
+      const take = (length: number): Uint8Array => {
+        const b = this.buffers.acquire(length);
+        taken.push(b);
+        return b;
+      };
+      // Until its windows are queued, this tile tells the batcher that more work is coming (Batcher.prepare).
+      const queued = ctx.model.batcher.prepare();
+      let result: TileResult | undefined;
+      try {
+        result = await this.segment(tile, ctx, take, queued, turn);
+        return result;
+      } finally {
+        queued();
+        for (const b of taken) if (b !== result?.labels) this.buffers.release(b);
+      }
     } finally {
-      queued();
-      for (const b of taken) if (b !== result?.labels) this.buffers.release(b);
+      turn?.skip();
     }
   }
 
@@ -215,7 +257,13 @@ export class TilePipeline {
     };
   }
 
-  private async segment(tile: TileInput, ctx: StreamContext, take: (length: number) => Uint8Array, queued: () => void): Promise<TileResult> {
+  private async segment(
+    tile: TileInput,
+    ctx: StreamContext,
+    take: (length: number) => Uint8Array,
+    queued: () => void,
+    turn: StainTurn | undefined,
+  ): Promise<TileResult> {
     const { model } = ctx;
     const manifest = model.manifest;
     const C = manifest.classes.length;
@@ -229,7 +277,7 @@ export class TilePipeline {
         if (!(img.width >= 1 && img.height >= 1 && img.data.length === px * 3)) throw new InvalidImageError(`RGB tile of ${img.data.length} bytes is not ${img.width}x${img.height}x3`);
         checkPixelLimit(img, this.limits.maxPixels, scale);
       } else {
-        img = await decodeImage(tile.image, { maxPixels: this.limits.maxPixels, scale }, take);
+        img = await decodeImage(tile.image, { maxPixels: this.limits.maxPixels, scale, maxSyncPixels: SYNC_PIXELS }, take);
       }
     } catch (err) {
       if (err instanceof InvalidImageError) return invalidResult(err.message);
@@ -246,19 +294,21 @@ export class TilePipeline {
     }
     const pixels = work.width * work.height;
     const tissue = take(pixels);
-    const tissueFraction = tissueMaskInto(work.data, work.width, work.height, tissue) / pixels;
+    const tissueCount =
+      pixels > SYNC_PIXELS ? await tissueMaskChunked(work.data, work.width, work.height, tissue, pause, CHUNK_PIXELS) : tissueMaskInto(work.data, work.width, work.height, tissue);
+    const tissueFraction = tissueCount / pixels;
 
     if (tissueFraction < ctx.minTissueFraction) {
       // Background answers at once, without the model: all class 0, and a one-hot class 0 for the classifier.
+      turn?.skip();
       const probs = new Array<number>(C).fill(0);
       probs[0] = 1;
-      const labels = take(width * height).fill(0);
       return this.result({
         status: 'background',
         error: '',
         width,
         height,
-        labels,
+        labels: take(width * height).fill(0),
         probabilities: probs,
         fractions: probs.slice(),
         tissueFraction,
@@ -268,42 +318,97 @@ export class TilePipeline {
     }
 
     let rgb = work.data;
-    if (ctx.stain) rgb = ctx.stain.normalize(rgb, pixels, tissue, take(pixels * 3));
+    const normalize = await turn?.sample(rgb, pixels, tissue, pause, CHUNK_PIXELS);
+    if (normalize) {
+      const out = take(pixels * 3);
+      await inSteps(pixels, CHUNK_PIXELS, (a, b) => normalize(rgb.subarray(a * 3, b * 3), b - a, out.subarray(a * 3, b * 3)));
+      rgb = out;
+    }
     const normalized: RgbImage = { data: rgb, width: work.width, height: work.height };
 
     const windows = planWindows(work.width, work.height, size, WINDOW_OVERLAP);
+    const n = windows.length;
     // The common case: a tile of exactly one window goes as it is (the batcher copies it), and is not blended.
-    const oneWindow = windows.length === 1 && work.width === size && work.height === size;
-    const pending = windows.map((win) => model.batcher.enqueue(oneWindow ? normalized.data : extractWindow(normalized, win, size), ctx.signal));
-    queued();
-    const results = await Promise.all(pending);
+    const oneWindow = n === 1 && work.width === size && work.height === size;
+    // Producer: windows go to the batcher in slices, each waiting for room under the queue bound.
+    const slots = windows.map(() => deferred<WindowResult>());
+    let stop = false;
+    void (async () => {
+      let i = 0;
+      try {
+        while (i < n && !stop) {
+          const k = await model.batcher.reserve(Math.min(WINDOW_SLICE, n - i), ctx.signal);
+          if (stop) {
+            model.batcher.unreserve(k);
+            break;
+          }
+          for (const end = i + k; i < end; i++) {
+            const data = oneWindow ? normalized.data : extractWindow(normalized, windows[i]!, size);
+            model.batcher.enqueue(data, ctx.signal, { reserved: true }).then(slots[i]!.resolve, slots[i]!.reject);
+          }
+          if (i < n) await pause();
+        }
+      } catch (err) {
+        for (; i < n; i++) slots[i]!.reject(err);
+      } finally {
+        queued();
+      }
+    })();
 
+    // Consumer: results are folded in window order as they come.
     const probs = new Float64Array(C);
     let queueSeconds = 0;
     let computeSeconds = 0;
-    for (let i = 0; i < windows.length; i++) {
-      softmaxInto(results[i].cls, probs, 1 / windows.length);
-      queueSeconds = Math.max(queueSeconds, results[i].queueSeconds);
-      computeSeconds = Math.max(computeSeconds, results[i].computeSeconds);
-    }
+    const note = (r: WindowResult) => {
+      softmaxInto(r.cls, probs, 1 / n);
+      queueSeconds = Math.max(queueSeconds, r.queueSeconds);
+      computeSeconds = Math.max(computeSeconds, r.computeSeconds);
+    };
     let labels: Uint8Array;
     let counts: Float64Array | undefined;
-    if (oneWindow) {
-      labels = take(size * size);
-      counts = new Float64Array(C);
-      labelOneWindow(results[0].mask, C, results[0].maskSize, size, tissue, labels, counts);
-    } else {
-      const blender = new Blender(work.width, work.height, C, size);
-      for (let i = 0; i < windows.length; i++) blender.add(windows[i], upsampleLogits(results[i].mask, C, results[i].maskSize, size), 0);
-      labels = blender.labels();
-      // Glass is background whatever the model says: the tissue mask is the paper's own foreground rule (App. B.1).
-      for (let i = 0; i < labels.length; i++) if (tissue[i] === 0) labels[i] = 0;
+    try {
+      if (oneWindow) {
+        const r = await slots[0]!.promise;
+        note(r);
+        labels = take(size * size);
+        counts = new Float64Array(C);
+        labelOneWindow(r.mask, C, r.maskSize, size, tissue, labels, counts);
+      } else {
+        const blender = new Blender(work.width, work.height, C, size);
+        const up = new Float32Array(C * size * size);
+        for (let i = 0; i < n; i++) {
+          const r = await slots[i]!.promise;
+          note(r);
+          blender.add(windows[i]!, upsampleLogits(r.mask, C, r.maskSize, size, up), 0);
+          if (i % BLEND_STEP === BLEND_STEP - 1 && i + 1 < n) await pause();
+        }
+        const blended = take(pixels);
+        // Glass is background whatever the model says: the tissue mask is the paper's own foreground rule (App. B.1).
+        await inSteps(pixels, CHUNK_PIXELS, (a, b) => {
+          blender.labelsInto(blended, a, b);
+          for (let p = a; p < b; p++) if (tissue[p] === 0) blended[p] = 0;
+        });
+        labels = blended;
+      }
+    } catch (err) {
+      stop = true;
+      throw err;
     }
     if (work.width !== width || work.height !== height) {
-      labels = await resizeLabels(labels, work.width, work.height, width, height);
+      const resized = take(width * height);
+      const rows = Math.max(1, Math.floor(CHUNK_PIXELS / width));
+      const resample = labelResampler(labels, work.width, work.height, resized, width, height);
+      await inSteps(height, rows, resample);
+      labels = resized;
       counts = undefined;
     }
-    const fractions = counts ? Array.from(counts, (c) => c / labels.length) : classFractions(labels, C);
+    if (!counts) {
+      const c = new Float64Array(C);
+      await inSteps(labels.length, CHUNK_PIXELS, (a, b) => countClasses(labels, c, a, b));
+      counts = c;
+    }
+    const total = width * height;
+    const fractions = Array.from(counts, (c) => c / total);
 
     let predicted = 0;
     for (let c = 1; c < C; c++) if (probs[c] > probs[predicted]) predicted = c;

@@ -1,5 +1,6 @@
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { InvalidModelRefError, ModelNotFoundError } from '../model/repository.js';
+import { EngineUnavailableError } from '../engine/workerPool.js';
 import { BatcherStoppedError } from '../pipeline/batcher.js';
 import { DatasetError, DatasetNotFoundError, StoreLimitError } from '../data/examples/exampleStore.js';
 import { JobFinishedError, JobNotFoundError, JobQueueFullError } from '../training/jobs/jobManager.js';
@@ -51,7 +52,7 @@ export function toStatus(err: unknown, report?: StatusReport): StatusError {
   else if (err instanceof DatasetError) s = invalidArgument(err.message);
   else if (err instanceof StoreLimitError || err instanceof JobQueueFullError) s = resourceExhausted(err.message);
   else if (err instanceof JobFinishedError) s = new StatusError(status.FAILED_PRECONDITION, err.message);
-  else if (err instanceof BatcherStoppedError) s = unavailable(err.message);
+  else if (err instanceof BatcherStoppedError || err instanceof EngineUnavailableError) s = unavailable(err.message);
   else {
     s = new StatusError(status.INTERNAL, 'internal error');
     bug = true;

@@ -35,6 +35,8 @@ export interface RunningServer {
   readonly jobs?: JobManager;
   /** Health NOT_SERVING, refuse new streams, drain in-flight tiles (up to the grace time), then close. */
   shutdown(): Promise<void>;
+  /** For an exit without drain: no new engine batch starts; resolves when none runs (or after timeoutMs). */
+  halt(timeoutMs: number): Promise<void>;
 }
 
 function credentials(config: Config): ServerCredentials {
@@ -63,7 +65,11 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   const health = new HealthImplementation(Object.fromEntries(SERVICES.map((s) => [s, 'NOT_SERVING' as const])));
   let ready = false;
   let draining = false;
-  const telemetry = await startTelemetryServer(config.host, config.metricsPort, metrics.registry, { ready: () => ready && !draining });
+  const drain = new AbortController();
+  const drainStats = { streams: 0, tilesRead: 0, tilesAnswered: 0 };
+  /** Whether the default model has a live engine worker (see EnginePool's 'down' and 'up'). */
+  let engineAlive = true;
+  const telemetry = await startTelemetryServer(config.host, config.metricsPort, metrics.registry, { ready: () => ready && !draining && engineAlive });
 
   const placement = enginePlacement(config.engine, config.device);
   const registry = new ModelRegistry(
@@ -85,6 +91,13 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
     log,
     metrics,
   );
+  registry.on('engineHealth', (e: { model: string; isDefault: boolean; alive: number }) => {
+    if (!e.isDefault) return;
+    engineAlive = e.alive > 0;
+    if (engineAlive) log.info({ model: e.model, alive: e.alive }, 'engine worker back');
+    else log.error({ model: e.model }, 'no engine worker alive: NOT_SERVING until one is back');
+    if (ready && !draining) for (const s of SERVICES) health.setStatus(s, engineAlive ? 'SERVING' : 'NOT_SERVING');
+  });
   const streams = new Set<Promise<void>>();
   const server = new Server({
     'grpc.max_receive_message_length': config.maxMessageBytes,
@@ -94,7 +107,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   });
   server.addService(
     SegmentationServiceService,
-    { segmentTiles: segmentTilesHandler({ config, registry, pipeline: new TilePipeline({ maxPixels: config.maxTilePixels }), log, metrics, auth: guard, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
+    { segmentTiles: segmentTilesHandler({ config, registry, pipeline: new TilePipeline({ maxPixels: config.maxTilePixels }), log, metrics, auth: guard, draining: () => draining, drainSignal: drain.signal, drained: drainStats, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
   );
   server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, { auth: guard, log, metrics }));
   let jobs: JobManager | undefined;
@@ -169,6 +182,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   const shutdown = () =>
     (shuttingDown ??= (async () => {
       draining = true;
+      drain.abort();
       for (const s of SERVICES) health.setStatus(s, 'NOT_SERVING');
       log.info({ streams: streams.size }, 'draining');
       const grace = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), config.drainTimeoutS * 1000).unref());
@@ -188,8 +202,8 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       }
       await registry.stop().catch(() => undefined);
       await new Promise<void>((resolve) => telemetry.server.close(() => resolve()));
-      log.info('stopped');
+      log.info({ drainedStreams: drainStats.streams, tilesRead: drainStats.tilesRead, tilesAnswered: drainStats.tilesAnswered }, 'stopped');
     })());
 
-  return { port, metricsPort: telemetry.port, metrics, registry, jobs, shutdown };
+  return { port, metricsPort: telemetry.port, metrics, registry, jobs, shutdown, halt: (ms) => registry.halt(ms) };
 }

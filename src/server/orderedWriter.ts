@@ -8,6 +8,8 @@ import type { Writable } from 'node:stream';
 export class OrderedWriter<T> {
   private chain: Promise<void> = Promise.resolve();
   private pending = 0;
+  /** Answers written to the call. */
+  written = 0;
   private failure: unknown;
   private readonly events = new EventEmitter();
 
@@ -29,7 +31,9 @@ export class OrderedWriter<T> {
       try {
         if (this.failure !== undefined || this.signal.aborted) return;
         const value = await answer;
-        if (!this.out.write(value)) await once(this.out, 'drain', { signal: this.signal });
+        const more = this.out.write(value);
+        this.written++;
+        if (!more) await once(this.out, 'drain', { signal: this.signal });
       } catch (err) {
         if (this.failure === undefined && !this.signal.aborted) {
           this.failure = err;

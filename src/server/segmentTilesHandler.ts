@@ -11,6 +11,10 @@ import { invalidResponse, toResponse } from './tileResponse.js';
 import type { Config } from './config.js';
 import { invalidArgument, toStatus, unavailable } from './errors.js';
 import { OrderedWriter } from './orderedWriter.js';
+import { RequestReader } from './requestReader.js';
+
+/** How a stream open at SIGTERM ends once the tiles it read are answered: the client sends the rest elsewhere. */
+export const DRAIN_MESSAGE = 'server shutting down, retry elsewhere';
 
 export interface HandlerDeps {
   config: Config;
@@ -22,6 +26,10 @@ export interface HandlerDeps {
   auth?: AuthGuard;
   /** True once SIGTERM arrived: new streams are refused, open ones finish. */
   draining(): boolean;
+  /** Aborts on SIGTERM: open streams stop reading, answer every tile they read, then end UNAVAILABLE. */
+  drainSignal: AbortSignal;
+  /** Totals over the streams that SIGTERM stopped: tiles they read, and answers they wrote. */
+  drained: { streams: number; tilesRead: number; tilesAnswered: number };
   /** Open streams, so shutdown can wait for them. */
   track(done: Promise<void>): void;
 }
@@ -91,8 +99,11 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
 
     let ctx: StreamContext | undefined;
     let first = true;
-    // destroyOnReturn: false, or the iterator destroys the call when the client half-closes, before the answers are out.
-    for await (const req of call.iterator({ destroyOnReturn: false }) as AsyncIterable<SegmentTilesRequest>) {
+    let tilesRead = 0;
+    const reader = new RequestReader<SegmentTilesRequest>(call, deps.drainSignal, signal);
+    let last: SegmentTilesRequest | 'ended' | 'stopped';
+    while (typeof (last = await reader.next()) === 'object') {
+      const req = last;
       if (ended) break;
       if (req.options) {
         if (!first) throw invalidArgument('options may only come in the first message of a stream');
@@ -103,6 +114,7 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
         if (!req.options) throw invalidArgument('a message must carry options (first message only) or a tile');
         continue;
       }
+      tilesRead++;
       ctx ??= await streamContext(undefined, deps, signal, (l) => (lease = l));
       // Backpressure: stop reading while this stream has too much in flight or the shared queue is full.
       await writer.waitBelow(config.streamWindow);
@@ -111,7 +123,15 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
       writer.push(answer(req.tile, ctx, deps));
     }
     if (!ended) {
+      // Every tile read is answered, even while draining; then a drained stream says so.
       await writer.finish();
+      if (last === 'stopped' && !signal.aborted) {
+        deps.drained.streams++;
+        deps.drained.tilesRead += tilesRead;
+        deps.drained.tilesAnswered += writer.written;
+        log.info({ tilesRead, tilesAnswered: writer.written }, 'stream drained');
+        throw unavailable(DRAIN_MESSAGE);
+      }
       ended = true;
       call.end();
     }

@@ -1,4 +1,5 @@
 import { encodeMaskPng } from '../imaging/decode.js';
+import { encodeGreyPngAsync } from '../imaging/png.js';
 import type { Manifest } from '../model/manifest.js';
 import type { TileResult } from '../pipeline/segmentTile.js';
 import { TileStatus, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
@@ -8,6 +9,9 @@ const WIRE_STATUS = {
   background: TileStatus.TILE_STATUS_BACKGROUND,
   invalid: TileStatus.TILE_STATUS_INVALID,
 } as const;
+
+/** Masks larger than this are deflated in zlib's thread pool rather than on the event loop. */
+const SYNC_MASK_PIXELS = 1 << 18;
 
 /** A background answer's mask PNG depends only on its size: cache a few. */
 const zeroMasks = new Map<string, Promise<Buffer>>();
@@ -52,7 +56,11 @@ export function invalidResponse(tile: Tile, manifest: Manifest, error: string): 
 export async function toResponse(tile: Tile, r: TileResult, manifest: Manifest, omitMask: boolean): Promise<SegmentTilesResponse> {
   if (r.status === 'invalid') return invalidResponse(tile, manifest, r.error);
   let mask: Buffer = Buffer.alloc(0);
-  if (!omitMask) mask = r.status === 'background' ? await zeroMaskPng(r.width, r.height) : await encodeMaskPng(r.labels, r.width, r.height);
+  if (!omitMask) {
+    if (r.status === 'background') mask = await zeroMaskPng(r.width, r.height);
+    else if (r.width * r.height > SYNC_MASK_PIXELS) mask = await encodeGreyPngAsync(r.labels.subarray(0, r.width * r.height), r.width, r.height);
+    else mask = await encodeMaskPng(r.labels, r.width, r.height);
+  }
   return {
     ...base(tile, manifest),
     status: WIRE_STATUS[r.status],
