@@ -67,7 +67,7 @@ describe('TokenAuth', () => {
 
   it('refuses malformed tokens files with the file, the line and what was expected', () => {
     const cases: [string, RegExp][] = [
-      [`segment ${SEG}\nadmin ${TRAIN}\n`, /line 2: expected "<role> <token>" with role one of segment, train/],
+      [`segment ${SEG}\nroot ${TRAIN}\n`, /line 2: expected "<role> <token>" with role one of segment, train, admin/],
       ['segment\n', /line 1: expected "<role> <token>"/],
       [`segment ${SEG} extra\n`, /line 1: expected "<role> <token>"/],
       ['segment short\n', /line 1: token shorter than 16 characters/],
@@ -98,6 +98,19 @@ describe('TokenAuth', () => {
     for (const header of [undefined, '', SEG, `Basic ${SEG}`, `Bearer ${SEG} more`, 'Bearer wrong-token-0123456789']) {
       assert.equal(auth.check(metadataWith(header), 'segment')?.code, status.UNAUTHENTICATED, `header ${JSON.stringify(header)}`);
     }
+  });
+
+  it('orders roles segment < train < admin: each includes those below it and nothing above', () => {
+    const ADMIN = 'a'.repeat(16) + 'dmin-token';
+    const auth = TokenAuth.fromFile(file('roles.txt', `segment ${SEG}\ntrain ${TRAIN}\nadmin ${ADMIN}\n`));
+    const allowed = (token: string, need: 'segment' | 'train' | 'admin') => auth.check(metadataWith(`Bearer ${token}`), need) === null;
+    assert.deepEqual([allowed(SEG, 'segment'), allowed(SEG, 'train'), allowed(SEG, 'admin')], [true, false, false]);
+    assert.deepEqual([allowed(TRAIN, 'segment'), allowed(TRAIN, 'train'), allowed(TRAIN, 'admin')], [true, true, false]);
+    assert.deepEqual([allowed(ADMIN, 'segment'), allowed(ADMIN, 'train'), allowed(ADMIN, 'admin')], [true, true, true]);
+    const denied = auth.check(metadataWith(`Bearer ${TRAIN}`), 'admin');
+    assert.equal(denied?.code, status.PERMISSION_DENIED);
+    assert.match(denied!.message, /needs the admin role/);
+    assert.equal(TokenAuth.fromFile(file('both2.txt', `admin ${ADMIN}\nsegment ${ADMIN}\n`)).roleOf(ADMIN), 'admin');
   });
 
   it('gives the train role to a token listed under both roles', () => {

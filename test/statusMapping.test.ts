@@ -6,7 +6,10 @@ import { describe, it } from 'node:test';
 import { Metadata, status } from '@grpc/grpc-js';
 import { InvalidModelRefError, ModelNotFoundError } from '../src/model/repository.js';
 import { BatcherStoppedError } from '../src/pipeline/batcher.js';
-import { TooManyModelsError, type ModelRegistry } from '../src/pipeline/modelRegistry.js';
+import type { ModelRegistry } from '../src/pipeline/modelRegistry.js';
+import { JobFinishedError, JobNotFoundError, JobQueueFullError } from '../src/training/jobs/jobManager.js';
+import { DatasetError, StoreLimitError } from '../src/data/examples/exampleStore.js';
+import { EngineUnavailableError } from '../src/engine/workerPool.js';
 import { toStatus, unauthenticated } from '../src/server/errors.js';
 import { modelServiceHandlers } from '../src/server/modelServiceHandlers.js';
 import { createLogger } from '../src/telemetry/logger.js';
@@ -26,8 +29,13 @@ describe('toStatus', () => {
     const cases: [unknown, status][] = [
       [new ModelNotFoundError('no model x'), status.NOT_FOUND],
       [new InvalidModelRefError('invalid model name'), status.INVALID_ARGUMENT],
-      [new TooManyModelsError('too many'), status.RESOURCE_EXHAUSTED],
+      [new JobQueueFullError('queue full'), status.RESOURCE_EXHAUSTED],
+      [new StoreLimitError('store full'), status.RESOURCE_EXHAUSTED],
+      [new JobNotFoundError('no job j1'), status.NOT_FOUND],
+      [new JobFinishedError('job already finished'), status.FAILED_PRECONDITION],
+      [new DatasetError('bad dataset name'), status.INVALID_ARGUMENT],
       [new BatcherStoppedError('server is shutting down'), status.UNAVAILABLE],
+      [new EngineUnavailableError('engine worker died'), status.UNAVAILABLE],
       [unauthenticated('unknown token'), status.UNAUTHENTICATED],
     ];
     for (const [err, code] of cases) {
@@ -37,7 +45,9 @@ describe('toStatus', () => {
     }
     assert.equal(lines.length, cases.length, 'one log line per failure');
     const text = await metrics.registry.metrics();
-    for (const [, code] of cases) assert.match(text, new RegExp(`histoseg_rpc_errors_total\\{code="${code}",method="Test/Method"\\} 1`));
+    const counts = new Map<status, number>();
+    for (const [, code] of cases) counts.set(code, (counts.get(code) ?? 0) + 1);
+    for (const [code, n] of counts) assert.match(text, new RegExp(`histoseg_rpc_errors_total\\{code="${code}",method="Test/Method"\\} ${n}`));
   });
 
   it('answers a bug INTERNAL without internals, and logs it with its stack', () => {

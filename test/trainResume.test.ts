@@ -85,7 +85,7 @@ describe('train --resume and crash leftovers', () => {
     const models = join(root, 'models');
     const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
     const stale = join(models, 'tiny', `.1.1.0.tmp-${dead}-1700000000000`);
-    const live = join(models, 'tiny', `.1.2.0.tmp-${process.ppid}-1700000000000`);
+    const live = join(models, 'tiny', `.tmp-1.2.0-${process.ppid}-1700000000000`);
     await mkdir(stale, { recursive: true });
     await mkdir(live, { recursive: true });
     await writeFile(join(stale, 'model.onnx'), 'half');

@@ -9,6 +9,7 @@ import {
   type SegmentTilesResponse,
   type Tile,
 } from '../proto/gen/histoseg/v1/segmentation.js';
+import { TrainingServiceClient } from '../proto/gen/histoseg/v1/training.js';
 
 export interface ClientOptions {
   /** PEM CA file for a TLS server; omitted means plaintext. */
@@ -21,6 +22,7 @@ export interface ClientOptions {
 export interface HistosegClients {
   segmentation: SegmentationServiceClient;
   models: ModelServiceClient;
+  training: TrainingServiceClient;
   metadata(): Metadata;
   close(): void;
 }
@@ -33,9 +35,11 @@ export function connect(address: string, opts: ClientOptions = {}): HistosegClie
   };
   const segmentation = new SegmentationServiceClient(address, creds, channelOptions);
   const models = new ModelServiceClient(address, creds, channelOptions);
+  const training = new TrainingServiceClient(address, creds, channelOptions);
   return {
     segmentation,
     models,
+    training,
     metadata: () => {
       const md = new Metadata();
       if (opts.token) md.set('authorization', `Bearer ${opts.token}`);
@@ -44,6 +48,7 @@ export function connect(address: string, opts: ClientOptions = {}): HistosegClie
     close: () => {
       segmentation.close();
       models.close();
+      training.close();
     },
   };
 }

@@ -19,5 +19,5 @@ export function inProcessModel(manifest: Manifest, engine: Engine, opts: { maxBa
     inputLength: 3 * size * size,
     numClasses: manifest.classes.length,
   });
-  return { manifest, dir: '', pool: runner, batcher, isDefault: false };
+  return { manifest, dir: '', pool: runner, batcher };
 }

@@ -48,6 +48,35 @@ export const ConfigSchema = z
     /** The most a slowed-down peer's check waits; the delay doubles per failure from 100 ms up to this. */
     authMaxDelayMs: z.coerce.number().int().min(0).max(600_000).default(5000),
     drainTimeoutS: z.coerce.number().min(0).max(3600).default(25),
+    /**
+     * Serve the TrainingService and run jobs here. Serving replicas that share the model repository with a training
+     * server set it to false (only one server may run the jobs of one example store).
+     */
+    training: bool.default(true),
+    /** Example store for uploaded training examples (a volume in Kubernetes); job records live in its .jobs/ folder. */
+    datasets: z.string().min(1).default('datasets'),
+    /** Pixels of one uploaded example image (a bigger one is rejected with its id). */
+    maxExamplePixels: z.coerce.number().int().min(1).max(1 << 30).default(4096 * 4096),
+    /** Examples in one dataset; an upload past it ends RESOURCE_EXHAUSTED. */
+    maxDatasetExamples: z.coerce.number().int().min(1).max(10_000_000).default(100_000),
+    /** Bytes of one dataset on disk. */
+    maxDatasetBytes: z.coerce.number().int().min(1).default(4 * 1024 ** 3),
+    /** Bytes of the whole example store. */
+    maxStoreBytes: z.coerce.number().int().min(1).default(32 * 1024 ** 3),
+    /** Training jobs running at once, each in its own child process. */
+    trainingConcurrency: z.coerce.number().int().min(1).max(16).default(1),
+    /** Jobs waiting to run; StartTraining past it is RESOURCE_EXHAUSTED. */
+    maxQueuedJobs: z.coerce.number().int().min(0).max(10_000).default(16),
+    /** Epochs of a job that asks for 0. */
+    trainingEpochs: z.coerce.number().int().min(1).max(10_000).default(10),
+    /** Cap on training steps per epoch (smoke runs and tests); unset = every selected patch once per epoch. */
+    trainingMaxSteps: z.coerce.number().int().min(1).optional(),
+    /** Niceness of the training child process (0-19): serving keeps the CPU it needs. */
+    trainingNice: z.coerce.number().int().min(0).max(19).default(10),
+    /** How often the model repository is re-read for new versions and a changed default. */
+    modelPollMs: z.coerce.number().int().min(50).max(600_000).default(2000),
+    /** Model versions kept loaded; idle ones past it are unloaded, least recently used first. */
+    maxLoadedModels: z.coerce.number().int().min(1).max(64).default(4),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
   .strict()

@@ -1,13 +1,18 @@
 import { readFileSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { ModelRegistry } from '../pipeline/modelRegistry.js';
+import { TilePipeline } from '../pipeline/segmentTile.js';
 import { ModelServiceService } from '../proto/gen/histoseg/v1/model.js';
 import { SegmentationServiceService } from '../proto/gen/histoseg/v1/segmentation.js';
+import { TrainingServiceService } from '../proto/gen/histoseg/v1/training.js';
+import { ExampleStore } from '../data/examples/exampleStore.js';
+import { JobManager } from '../training/jobs/jobManager.js';
+import { trainingHandlers } from './trainingHandlers.js';
 import { startTelemetryServer } from './httpServer.js';
 import type { Logger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
@@ -17,15 +22,16 @@ import type { Config } from './config.js';
 import { modelServiceHandlers } from './modelServiceHandlers.js';
 import { segmentTilesHandler } from './segmentTilesHandler.js';
 
-const SERVICES = ['', 'histoseg.v1.SegmentationService', 'histoseg.v1.ModelService'];
-/** Models loaded at once, each with its own engine workers. */
-const MAX_LOADED_MODELS = 4;
+const BASE_SERVICES = ['', 'histoseg.v1.SegmentationService', 'histoseg.v1.ModelService'];
+/** Job records, frozen examples and work folders, inside the example store (not a valid dataset name). */
+export const JOBS_DIR = '.jobs';
 
 export interface RunningServer {
   readonly port: number;
   readonly metricsPort: number;
   readonly metrics: Metrics;
   readonly registry: ModelRegistry;
+  readonly jobs?: JobManager;
   /** Health NOT_SERVING, refuse new streams, drain in-flight tiles (up to the grace time), then close. */
   shutdown(): Promise<void>;
 }
@@ -52,6 +58,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
     : undefined;
   if (!config.tlsCert) log.warn('TLS is off: tiles travel in clear text (set HISTOSEG_TLS_CERT and HISTOSEG_TLS_KEY)');
 
+  const SERVICES = config.training ? [...BASE_SERVICES, 'histoseg.v1.TrainingService'] : BASE_SERVICES;
   const health = new HealthImplementation(Object.fromEntries(SERVICES.map((s) => [s, 'NOT_SERVING' as const])));
   let ready = false;
   let draining = false;
@@ -68,7 +75,8 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       maxBatch: config.maxBatch,
       maxDelayMs: config.maxDelayMs,
       queueCapacity: config.queueCapacity,
-      maxLoadedModels: MAX_LOADED_MODELS,
+      maxLoadedModels: config.maxLoadedModels,
+      pollMs: config.modelPollMs,
     },
     log,
     metrics,
@@ -82,12 +90,52 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   });
   server.addService(
     SegmentationServiceService,
-    { segmentTiles: segmentTilesHandler({ config, registry, log, metrics, auth: guard, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
+    { segmentTiles: segmentTilesHandler({ config, registry, pipeline: new TilePipeline({ maxPixels: config.maxTilePixels }), log, metrics, auth: guard, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
   );
   server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, { auth: guard, log, metrics }));
+  let jobs: JobManager | undefined;
+  if (config.training) {
+    const store = await ExampleStore.open(config.datasets, {
+      maxExamplePixels: config.maxExamplePixels,
+      maxDatasetExamples: config.maxDatasetExamples,
+      maxDatasetBytes: config.maxDatasetBytes,
+      maxStoreBytes: config.maxStoreBytes,
+    });
+    jobs = await JobManager.open({
+      dir: join(config.datasets, JOBS_DIR),
+      models: config.models,
+      store,
+      concurrency: config.trainingConcurrency,
+      maxQueued: config.maxQueuedJobs,
+      nice: config.trainingNice,
+      maxStepsPerEpoch: config.trainingMaxSteps,
+      activate: async (name, version) => {
+        await registry.activate(name, version);
+      },
+      onTransition: (job, from) =>
+        log.info(
+          { job: job.jobId, from, to: job.state, dataset: job.dataset, base: job.baseModel, ...(job.modelVersion ? { model: `${job.modelName}@${job.modelVersion}`, activated: job.activated } : {}), ...(job.error ? { reason: job.error } : {}) },
+          'training job ' + job.state,
+        ),
+      onEpoch: (job, seconds) => {
+        metrics.trainingEpochSeconds.observe(seconds);
+        metrics.trainingImagesPerSecond.set(job.imagesPerSecond);
+        metrics.trainingLoss.set(job.loss);
+        log.info({ job: job.jobId, epoch: job.epoch, epochs: job.epochs, loss: job.loss, imagesPerSecond: job.imagesPerSecond, seconds }, 'training epoch done');
+      },
+    });
+    jobs.on('gauges', (counts: Record<string, number>) => {
+      for (const [state, n] of Object.entries(counts)) metrics.trainingJobs.set({ state }, n);
+    });
+    jobs.on('error', (err: Error) => log.error({ err }, 'training job manager failed'));
+    const counts: Record<string, number> = {};
+    for (const j of jobs.list()) counts[j.state] = (counts[j.state] ?? 0) + 1;
+    for (const state of ['queued', 'running', 'succeeded', 'failed', 'cancelled']) metrics.trainingJobs.set({ state }, counts[state] ?? 0);
+    server.addService(TrainingServiceService, trainingHandlers({ config, jobs, registry, store, log, metrics, auth: guard, draining: () => draining }));
+  }
   health.addToServer(server);
   // Health is described too, so `grpcurl ... grpc.health.v1.Health/Check` works from reflection alone.
-  const packageDefinition = loadSync(['histoseg/v1/segmentation.proto', 'histoseg/v1/model.proto', 'health.proto'], {
+  const packageDefinition = loadSync(['histoseg/v1/segmentation.proto', 'histoseg/v1/model.proto', 'histoseg/v1/training.proto', 'health.proto'], {
     includeDirs: [protoRoot(), dirname(healthProtoPath)],
   });
   new ReflectionService(packageDefinition).addToServer(server);
@@ -120,6 +168,8 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       log.info({ streams: streams.size }, 'draining');
       const grace = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), config.drainTimeoutS * 1000).unref());
       const drained = (async () => {
+        // Running jobs stop (they stay RUNNING on disk and resume at the next start).
+        await jobs?.close();
         await Promise.allSettled([...streams]);
         await registry.stop();
       })();
@@ -135,5 +185,5 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       log.info('stopped');
     })());
 
-  return { port, metricsPort: telemetry.port, metrics, registry, shutdown };
+  return { port, metricsPort: telemetry.port, metrics, registry, jobs, shutdown };
 }

@@ -1,12 +1,13 @@
 import { setMaxListeners } from 'node:events';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
-import type { ModelRegistry } from '../pipeline/modelRegistry.js';
-import { invalid, processTile, type StreamContext } from '../pipeline/segmentTile.js';
+import type { ModelLease, ModelRegistry } from '../pipeline/modelRegistry.js';
+import type { StreamContext, TilePipeline } from '../pipeline/segmentTile.js';
 import { SlideStain } from '../pipeline/slideStain.js';
 import { TileStatus, type SegmentTilesOptions, type SegmentTilesRequest, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { AuthGuard } from './authGuard.js';
+import { invalidResponse, toResponse } from './tileResponse.js';
 import type { Config } from './config.js';
 import { invalidArgument, toStatus, unavailable } from './errors.js';
 import { OrderedWriter } from './orderedWriter.js';
@@ -14,6 +15,8 @@ import { OrderedWriter } from './orderedWriter.js';
 export interface HandlerDeps {
   config: Config;
   registry: ModelRegistry;
+  /** The tile path (and its buffer pool), shared by every stream. */
+  pipeline: TilePipeline;
   log: Logger;
   metrics: Metrics;
   auth?: AuthGuard;
@@ -36,12 +39,15 @@ export function segmentTilesHandler(deps: HandlerDeps): (call: Call) => void {
   return (call) => deps.track(handle(call, deps));
 }
 
-async function streamContext(options: SegmentTilesOptions | undefined, deps: HandlerDeps, signal: AbortSignal): Promise<StreamContext> {
+/** The stream's model is leased for the whole stream: it finishes on the version it started with. */
+async function streamContext(options: SegmentTilesOptions | undefined, deps: HandlerDeps, signal: AbortSignal, hold: (l: ModelLease) => void): Promise<StreamContext> {
   const o = options;
   const min = o?.minTissueFraction;
   if (min !== undefined && !(min >= 0 && min <= 1)) throw invalidArgument(`min_tissue_fraction must be in [0, 1], got ${min}`);
-  // Registry errors (not found, malformed name, too many models) map to their statuses in toStatus.
-  const model = await deps.registry.get(o?.modelName ?? '', o?.modelVersion ?? '');
+  // Registry errors (not found, malformed name) map to their statuses in toStatus.
+  const lease: ModelLease = await deps.registry.acquire(o?.modelName ?? '', o?.modelVersion ?? '');
+  hold(lease);
+  const model = lease.model;
   const stainOn = (o?.stainNormalization ?? deps.config.stainNormalization) && !!model.manifest.stainReference;
   return {
     model,
@@ -76,6 +82,7 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   const timer = Number.isFinite(ms) ? setTimeout(onCancel, Math.max(0, ms)) : undefined;
 
   metrics.streams.inc();
+  let lease: ModelLease | undefined;
   const writer = new OrderedWriter<SegmentTilesResponse>(call, signal, fail);
   try {
     if (deps.draining()) throw unavailable('server is shutting down');
@@ -89,14 +96,14 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
       if (ended) break;
       if (req.options) {
         if (!first) throw invalidArgument('options may only come in the first message of a stream');
-        ctx = await streamContext(req.options, deps, signal);
+        ctx = await streamContext(req.options, deps, signal, (l) => (lease = l));
       }
       first = false;
       if (!req.tile) {
         if (!req.options) throw invalidArgument('a message must carry options (first message only) or a tile');
         continue;
       }
-      ctx ??= await streamContext(undefined, deps, signal);
+      ctx ??= await streamContext(undefined, deps, signal, (l) => (lease = l));
       // Backpressure: stop reading while this stream has too much in flight or the shared queue is full.
       await writer.waitBelow(config.streamWindow);
       await ctx.model.batcher.waitForCapacity(signal);
@@ -113,6 +120,8 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   } finally {
     clearTimeout(timer);
     metrics.streams.dec();
+    // After the last answer is written (or the stream failed): the version may now be unloaded when idle.
+    void writer.finish().catch(() => undefined).finally(() => lease?.release());
   }
 }
 
@@ -120,10 +129,17 @@ async function answer(tile: Tile, ctx: StreamContext, deps: HandlerDeps): Promis
   const started = performance.now();
   deps.metrics.inflightTiles.inc();
   try {
-    const res =
-      tile.tileId.length > MAX_TILE_ID_LENGTH
-        ? invalid(tile, ctx.model, `tile_id is longer than ${MAX_TILE_ID_LENGTH} characters`)
-        : await processTile(tile, ctx, { maxPixels: deps.config.maxTilePixels });
+    let res: SegmentTilesResponse;
+    if (tile.tileId.length > MAX_TILE_ID_LENGTH) {
+      res = invalidResponse(tile, ctx.model.manifest, `tile_id is longer than ${MAX_TILE_ID_LENGTH} characters`);
+    } else {
+      const result = await deps.pipeline.segmentTile(tile, ctx);
+      try {
+        res = await toResponse(tile, result, ctx.model.manifest, ctx.omitMask);
+      } finally {
+        result.release();
+      }
+    }
     const label = STATUS_LABEL[res.status] ?? 'unknown';
     deps.metrics.tiles.inc({ status: label, model: ctx.model.manifest.name });
     deps.metrics.tileSeconds.observe({ status: label }, (performance.now() - started) / 1000);

@@ -21,6 +21,12 @@ export class Metrics {
   readonly requestErrors: Counter<'code' | 'method'>;
   readonly authFailures: Counter<'method' | 'reason'>;
   readonly modelInfo: Gauge<'name' | 'version' | 'engine' | 'trained'>;
+  readonly examplesAccepted: Counter;
+  readonly examplesRejected: Counter<'reason'>;
+  readonly trainingJobs: Gauge<'state'>;
+  readonly trainingEpochSeconds: Histogram;
+  readonly trainingImagesPerSecond: Gauge;
+  readonly trainingLoss: Gauge;
 
   constructor(registry = new Registry(), opts: { processMetrics?: boolean } = {}) {
     this.registry = registry;
@@ -59,6 +65,22 @@ export class Metrics {
       labelNames: ['method', 'reason'],
       registers: r,
     });
+    this.examplesAccepted = new Counter({ name: 'histoseg_examples_accepted_total', help: 'Uploaded training examples written durably', registers: r });
+    this.examplesRejected = new Counter({
+      name: 'histoseg_examples_rejected_total',
+      help: 'Uploaded training examples refused: invalid (bad image, mask or label) or limit (a store limit)',
+      labelNames: ['reason'],
+      registers: r,
+    });
+    this.trainingJobs = new Gauge({ name: 'histoseg_training_jobs', help: 'Training jobs by state', labelNames: ['state'], registers: r });
+    this.trainingEpochSeconds = new Histogram({
+      name: 'histoseg_training_epoch_seconds',
+      help: 'Wall time of one training epoch',
+      buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600],
+      registers: r,
+    });
+    this.trainingImagesPerSecond = new Gauge({ name: 'histoseg_training_images_per_second', help: 'Training images per second of the running job', registers: r });
+    this.trainingLoss = new Gauge({ name: 'histoseg_training_loss', help: 'Training loss of the running job (last epoch mean, or last step)', registers: r });
     this.modelInfo = new Gauge({ name: 'histoseg_model_info', help: 'Loaded models (value 1)', labelNames: ['name', 'version', 'engine', 'trained'], registers: r });
   }
 }
