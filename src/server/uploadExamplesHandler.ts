@@ -1,7 +1,5 @@
 import type { sendUnaryData, ServerReadableStream } from '@grpc/grpc-js';
 import {
-  DatasetError,
-  DatasetNotFoundError,
   ExampleRejectedError,
   StoreLimitError,
   type ExampleStore,
