@@ -5,11 +5,11 @@ import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
 import { Metadata, status } from '@grpc/grpc-js';
 import { InvalidModelRefError, ModelNotFoundError } from '../src/model/repository.js';
+import { EngineUnavailableError } from '../src/engine/workerPool.js';
 import { BatcherStoppedError } from '../src/pipeline/batcher.js';
 import type { ModelRegistry } from '../src/pipeline/modelRegistry.js';
+import { DatasetError, DatasetNotFoundError, StoreLimitError } from '../src/data/examples/exampleStore.js';
 import { JobFinishedError, JobNotFoundError, JobQueueFullError } from '../src/training/jobs/jobManager.js';
-import { DatasetError, StoreLimitError } from '../src/data/examples/exampleStore.js';
-import { EngineUnavailableError } from '../src/engine/workerPool.js';
 import { toStatus, unauthenticated } from '../src/server/errors.js';
 import { modelServiceHandlers } from '../src/server/modelServiceHandlers.js';
 import { createLogger } from '../src/telemetry/logger.js';
@@ -29,13 +29,14 @@ describe('toStatus', () => {
     const cases: [unknown, status][] = [
       [new ModelNotFoundError('no model x'), status.NOT_FOUND],
       [new InvalidModelRefError('invalid model name'), status.INVALID_ARGUMENT],
-      [new JobQueueFullError('queue full'), status.RESOURCE_EXHAUSTED],
-      [new StoreLimitError('store full'), status.RESOURCE_EXHAUSTED],
-      [new JobNotFoundError('no job j1'), status.NOT_FOUND],
-      [new JobFinishedError('job already finished'), status.FAILED_PRECONDITION],
-      [new DatasetError('bad dataset name'), status.INVALID_ARGUMENT],
+      [new JobQueueFullError('the job queue is full'), status.RESOURCE_EXHAUSTED],
+      [new StoreLimitError('the example store is full'), status.RESOURCE_EXHAUSTED],
+      [new DatasetNotFoundError('no dataset d'), status.NOT_FOUND],
+      [new JobNotFoundError('no job j'), status.NOT_FOUND],
+      [new DatasetError('classes differ'), status.INVALID_ARGUMENT],
+      [new JobFinishedError('the job has ended'), status.FAILED_PRECONDITION],
       [new BatcherStoppedError('server is shutting down'), status.UNAVAILABLE],
-      [new EngineUnavailableError('engine worker died'), status.UNAVAILABLE],
+      [new EngineUnavailableError('the engine worker died'), status.UNAVAILABLE],
       [unauthenticated('unknown token'), status.UNAUTHENTICATED],
     ];
     for (const [err, code] of cases) {
@@ -45,9 +46,10 @@ describe('toStatus', () => {
     }
     assert.equal(lines.length, cases.length, 'one log line per failure');
     const text = await metrics.registry.metrics();
-    const counts = new Map<status, number>();
-    for (const [, code] of cases) counts.set(code, (counts.get(code) ?? 0) + 1);
-    for (const [code, n] of counts) assert.match(text, new RegExp(`histoseg_rpc_errors_total\\{code="${code}",method="Test/Method"\\} ${n}`));
+    for (const [, code] of cases) {
+      const n = cases.filter(([, c]) => c === code).length;
+      assert.match(text, new RegExp(`histoseg_rpc_errors_total\\{code="${code}",method="Test/Method"\\} ${n}\n`));
+    }
   });
 
   it('answers a bug INTERNAL without internals, and logs it with its stack', () => {

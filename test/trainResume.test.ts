@@ -84,7 +84,7 @@ describe('train --resume and crash leftovers', () => {
   it('removes version folders a crashed writer left behind, and keeps a live writer\'s', async () => {
     const models = join(root, 'models');
     const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
-    const stale = join(models, 'tiny', `.1.1.0.tmp-${dead}-1700000000000`);
+    const stale = join(models, 'tiny', `.tmp-1.1.0-${dead}-1700000000000`);
     const live = join(models, 'tiny', `.tmp-1.2.0-${process.ppid}-1700000000000`);
     await mkdir(stale, { recursive: true });
     await mkdir(live, { recursive: true });

@@ -227,40 +227,6 @@ export async function saveModelVersion(
   return { name: m.name, version: m.version, dir, manifest: m };
 }
 
-/**
- * A version being written beside the versions: `.tmp-<version>-<pid>-<ms>` (stagingDir), or the older
- * `.<version>.tmp-<pid>-<ms>`. The pid is the writer's.
- */
-const TEMPORARY = [/^\.tmp-.+-(\d+)-\d+$/, /^\.[^/]+\.tmp-(\d+)-\d+$/];
-
-/**
- * Removes version folders a crashed writer left half-written (`<root>/<name>/.<version>.tmp-<pid>-<ms>/`) whose
- * writer is no longer running. Every command that writes to the repository calls it first. Returns what it removed.
- */
-export async function removeStaleTemporaries(root: string): Promise<string[]> {
-  const removed: string[] = [];
-  let names: string[];
-  try {
-    names = await subdirs(resolve(root));
-  } catch {
-    return removed;
-  }
-  for (const name of names) {
-    for (const entry of await subdirs(join(resolve(root), name))) {
-      const m = TEMPORARY.map((re) => re.exec(entry)).find((x) => x);
-      if (!m) continue;
-      const pid = Number(m[1]);
-      if (pid !== process.pid && processAlive(pid)) continue;
-      if (pid === process.pid && activeTemporaries.has(join(resolve(root), name, entry))) continue;
-      await rm(join(resolve(root), name, entry), { recursive: true, force: true });
-      removed.push(join(resolve(root), name, entry));
-    }
-  }
-  return removed;
-}
-
-/** Temporary folders this process is writing now. */
-const activeTemporaries = new Set<string>();
 /** A hidden staging folder beside the version folder; listModels never reads it (its name is not a version). */
 function stagingDir(parent: string, version: string): string {
   return join(parent, `${TEMP_PREFIX}${version}-${process.pid}-${Date.now()}`);
@@ -276,8 +242,8 @@ export async function publishModelVersion(root: string, srcDir: string): Promise
   const parent = join(resolve(root), manifest.name);
   const dir = join(parent, manifest.version);
   if (await exists(dir)) throw new Error(`model ${manifest.name}@${manifest.version} already exists in ${resolve(root)}`);
-  await mkdir(parent, { recursive: true });
   await removeStaleTemporaries(root);
+  await mkdir(parent, { recursive: true });
   const tmp = stagingDir(parent, manifest.version);
   activeTemporaries.add(tmp);
   try {
@@ -319,6 +285,38 @@ export async function nextVersion(root: string, name: string): Promise<string> {
 export async function readDefaultModel(root: string): Promise<{ name: string; version?: string } | undefined> {
   return readDefault(resolve(root));
 }
+
+/** A version being staged: `.tmp-<version>-<pid>-<ms>` beside the versions (stagingDir). */
+const TEMPORARY = /^\.tmp-(.+)-(\d+)-(\d+)$/;
+
+/**
+ * Removes version folders a crashed writer left half-written (`<root>/<name>/.tmp-<version>-<pid>-<ms>/`) whose
+ * writer is no longer running. Every command that writes to the repository calls it first. Returns what it removed.
+ */
+export async function removeStaleTemporaries(root: string): Promise<string[]> {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = await subdirs(resolve(root));
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    for (const entry of await subdirs(join(resolve(root), name))) {
+      const m = TEMPORARY.exec(entry);
+      if (!m) continue;
+      const pid = Number(m[2]);
+      if (pid !== process.pid && processAlive(pid)) continue;
+      if (pid === process.pid && activeTemporaries.has(join(resolve(root), name, entry))) continue;
+      await rm(join(resolve(root), name, entry), { recursive: true, force: true });
+      removed.push(join(resolve(root), name, entry));
+    }
+  }
+  return removed;
+}
+
+/** Temporary folders this process is writing now. */
+const activeTemporaries = new Set<string>();
 
 /** Writes `<root>/default.json`; the model need not have a version yet. */
 export async function writeDefaultModel(root: string, name: string, version?: string): Promise<void> {

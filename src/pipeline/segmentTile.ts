@@ -176,9 +176,9 @@ export class TilePipeline {
   constructor(readonly limits: TileLimits) {}
 
   /**
-   * One tile, from encoded bytes to its labels. Bad input (an unreadable or corrupt image, a bad mpp, a tile over
-   * the pixel limit as decoded or after resampling) becomes an INVALID result saying why; what throws is a bug or a
-   * stopped pipeline.
+   * One tile, from encoded bytes (or RGB) to its labels. Bad input (an unreadable or corrupt image, a bad mpp, a tile
+   * over the pixel limit as decoded or after resampling) becomes an INVALID result saying why; what throws is a bug
+   * or a stopped pipeline.
    */
   async segmentTile(tile: TileInput, ctx: StreamContext): Promise<TileResult> {
     const mppError = mppProblem(tile.mpp);
@@ -222,13 +222,12 @@ export class TilePipeline {
     const scale = tileScale(tile.mpp, manifest.mpp);
     let img: RgbImage;
     try {
-      // The pixel limit holds on the decoded size and on the size after resampling, both checked before allocating.
+      // The pixel limit holds on the decoded size and on the size after resampling, both checked before decoding.
       if (tile.rgb) {
         img = tile.rgb;
+        const px = img.width * img.height;
+        if (!(img.width >= 1 && img.height >= 1 && img.data.length === px * 3)) throw new InvalidImageError(`RGB tile of ${img.data.length} bytes is not ${img.width}x${img.height}x3`);
         checkPixelLimit(img, this.limits.maxPixels, scale);
-        if (!(img.width >= 1 && img.height >= 1 && img.data.length === img.width * img.height * 3)) {
-          throw new InvalidImageError(`RGB tile of ${img.data.length} bytes is not ${img.width}x${img.height}x3`);
-        }
       } else {
         img = await decodeImage(tile.image, { maxPixels: this.limits.maxPixels, scale }, take);
       }

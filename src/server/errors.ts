@@ -1,8 +1,8 @@
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
-import { DatasetError, DatasetNotFoundError, StoreLimitError } from '../data/examples/exampleStore.js';
 import { EngineUnavailableError } from '../engine/workerPool.js';
 import { InvalidModelRefError, ModelNotFoundError } from '../model/repository.js';
 import { BatcherStoppedError } from '../pipeline/batcher.js';
+import { DatasetError, DatasetNotFoundError, StoreLimitError } from '../data/examples/exampleStore.js';
 import { JobFinishedError, JobNotFoundError, JobQueueFullError } from '../training/jobs/jobManager.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
@@ -46,9 +46,11 @@ export function toStatus(err: unknown, report?: StatusReport): StatusError {
   let s: StatusError;
   let bug = false;
   if (err instanceof StatusError) s = err;
-  else if (err instanceof ModelNotFoundError || err instanceof JobNotFoundError || err instanceof DatasetNotFoundError) s = notFound(err.message);
-  else if (err instanceof InvalidModelRefError || err instanceof DatasetError) s = invalidArgument(err.message);
-  else if (err instanceof JobQueueFullError || err instanceof StoreLimitError) s = resourceExhausted(err.message);
+  else if (err instanceof ModelNotFoundError) s = notFound(err.message);
+  else if (err instanceof InvalidModelRefError) s = invalidArgument(err.message);
+  else if (err instanceof DatasetNotFoundError || err instanceof JobNotFoundError) s = notFound(err.message);
+  else if (err instanceof DatasetError) s = invalidArgument(err.message);
+  else if (err instanceof StoreLimitError || err instanceof JobQueueFullError) s = resourceExhausted(err.message);
   else if (err instanceof JobFinishedError) s = new StatusError(status.FAILED_PRECONDITION, err.message);
   else if (err instanceof BatcherStoppedError || err instanceof EngineUnavailableError) s = unavailable(err.message);
   else {

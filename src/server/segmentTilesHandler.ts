@@ -45,7 +45,7 @@ async function streamContext(options: SegmentTilesOptions | undefined, deps: Han
   const min = o?.minTissueFraction;
   if (min !== undefined && !(min >= 0 && min <= 1)) throw invalidArgument(`min_tissue_fraction must be in [0, 1], got ${min}`);
   // Registry errors (not found, malformed name) map to their statuses in toStatus.
-  const lease: ModelLease = await deps.registry.acquire(o?.modelName ?? '', o?.modelVersion ?? '');
+  const lease = await deps.registry.acquire(o?.modelName ?? '', o?.modelVersion ?? '');
   hold(lease);
   const model = lease.model;
   const stainOn = (o?.stainNormalization ?? deps.config.stainNormalization) && !!model.manifest.stainReference;

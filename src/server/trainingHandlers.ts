@@ -1,5 +1,6 @@
-import type { sendUnaryData, ServerUnaryCall, ServerWritableStream } from '@grpc/grpc-js';
-import type { ModelRegistry } from '../pipeline/modelRegistry.js';
+import { status, type sendUnaryData, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
+import { DatasetError, DatasetNotFoundError } from '../data/examples/exampleStore.js';
+import { InvalidModelRefError, ModelNotFoundError, type ModelRegistry } from '../pipeline/modelRegistry.js';
 import {
   JobState,
   type CancelTrainingRequest,
@@ -11,10 +12,13 @@ import {
   type WatchTrainingRequest,
 } from '../proto/gen/histoseg/v1/training.js';
 import { SETTINGS, type Setting } from '../training/fit/trainingData.js';
-import { isTerminal, type JobManager, type JobRecord, type JobStateName } from '../training/jobs/jobManager.js';
+import { isTerminal, JobFinishedError, JobNotFoundError, JobQueueFullError, type JobManager, type JobRecord, type JobStateName } from '../training/jobs/jobManager.js';
+import type { Logger } from '../telemetry/logger.js';
+import type { Metrics } from '../telemetry/metrics.js';
 import type { Role } from './auth.js';
+import type { AuthGuard } from './authGuard.js';
 import type { Config } from './config.js';
-import { invalidArgument, StatusError, toStatus, unavailable } from './errors.js';
+import { invalidArgument, notFound, resourceExhausted, StatusError, toStatus, unavailable } from './errors.js';
 import { uploadExamplesHandler, type UploadDeps } from './uploadExamplesHandler.js';
 
 const STATE: Record<JobStateName, JobState> = {
@@ -109,10 +113,7 @@ export function trainingHandlers(deps: TrainingDeps): TrainingServiceServer {
     watchTraining: async (call: ServerWritableStream<WatchTrainingRequest, TrainingJob>) => {
       const report = { log, metrics: deps.metrics, method: 'TrainingService/WatchTraining' };
       const denied = await auth?.check(call, 'train', report.method);
-      if (denied) {
-        const s = toStatus(denied, report);
-        return call.destroy(Object.assign(new Error(s.message), s.toServiceError()));
-      }
+      if (denied) return call.destroy(Object.assign(new Error(denied.message), toStatus(denied, report).toServiceError()));
       let stop: (() => void) | undefined;
       try {
         stop = jobs.watch(call.request.jobId, (j) => {

@@ -1,5 +1,7 @@
 import type { sendUnaryData, ServerReadableStream } from '@grpc/grpc-js';
 import {
+  DatasetError,
+  DatasetNotFoundError,
   ExampleRejectedError,
   StoreLimitError,
   type ExampleStore,
@@ -9,7 +11,7 @@ import { ExampleSplit, type Example, type ExampleError, type UploadExamplesReque
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { AuthGuard } from './authGuard.js';
-import { invalidArgument, resourceExhausted, toStatus, unavailable } from './errors.js';
+import { invalidArgument, notFound, resourceExhausted, StatusError, toStatus, unavailable } from './errors.js';
 
 /** Examples validated and written at once per stream (decoding overlaps the previous example's fsync). */
 const UPLOAD_WINDOW = 4;

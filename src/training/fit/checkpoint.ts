@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { loadLayersModel, saveLayersModel } from '../../model/network/tfjsIO.js';
-import { fsyncDir, fsyncTree } from '../../util/durableFile.js';
+import { fsyncPath, fsyncTree } from '../../util/durableFile.js';
 
 export const CHECKPOINT_DIR = 'checkpoint';
 const STATE_FILE = 'state.json';
@@ -174,7 +174,7 @@ export async function saveCheckpoint(
   await fsyncTree(tmp);
   if (await exists(dir)) await rename(dir, oldDir(outDir));
   await rename(tmp, dir);
-  await fsyncDir(outDir);
+  await fsyncPath(outDir);
   await rm(oldDir(outDir), { recursive: true, force: true });
 }
 
