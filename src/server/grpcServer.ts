@@ -5,6 +5,7 @@ import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
+import { enginePlacement } from '../engine/engineDevices.js';
 import { ModelRegistry } from '../pipeline/modelRegistry.js';
 import { TilePipeline } from '../pipeline/segmentTile.js';
 import { ModelServiceService } from '../proto/gen/histoseg/v1/model.js';
@@ -64,6 +65,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   let draining = false;
   const telemetry = await startTelemetryServer(config.host, config.metricsPort, metrics.registry, { ready: () => ready && !draining });
 
+  const placement = enginePlacement(config.engine, config.device);
   const registry = new ModelRegistry(
     {
       root: config.models,
@@ -71,8 +73,10 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       engine: config.engine,
       device: config.device,
       threads: config.threads,
-      workers: config.workers ?? (config.device === 'cuda' ? 1 : config.threads),
-      maxBatch: config.maxBatch,
+      workers: config.workers ?? placement.workers(config.threads),
+      batchesPerWorker: placement.batchesPerWorker,
+      allowSoftwareGpu: config.allowSoftwareGpu,
+      maxBatch: config.maxBatch ?? placement.maxBatch,
       maxDelayMs: config.maxDelayMs,
       queueCapacity: config.queueCapacity,
       maxLoadedModels: config.maxLoadedModels,
@@ -158,7 +162,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   }
   ready = true;
   for (const s of SERVICES) health.setStatus(s, 'SERVING');
-  log.info({ host: config.host, port, metricsPort: telemetry.port, engine: config.engine, tls: !!config.tlsCert, auth: !!auth }, 'serving');
+  log.info({ host: config.host, port, metricsPort: telemetry.port, engine: config.engine, device: config.device, tls: !!config.tlsCert, auth: !!auth }, 'serving');
 
   let shuttingDown: Promise<void> | undefined;
   const shutdown = () =>

@@ -154,18 +154,21 @@ export async function saveCheckpoint(
   const optimizerTensors: CheckpointState['optimizerTensors'] = [];
   for (const { name, tensor } of named) {
     const dtype = tensor.dtype === 'int32' ? 'int32' : 'float32';
-    const data = dtype === 'int32' ? Int32Array.from(tensor.dataSync()) : Float32Array.from(tensor.dataSync());
+    // Read asynchronously: a GPU backend cannot read synchronously in Node.
+    const values = await tensor.data();
+    const data = dtype === 'int32' ? Int32Array.from(values) : Float32Array.from(values);
     parts.push(new Uint8Array(data.buffer));
     optimizerTensors.push({ name, shape: tensor.shape, dtype });
   }
   // saveIterations() makes a fresh scalar; the moments are the optimizer's own variables and must stay.
   if (named[0]?.name === 'iter') named[0].tensor.dispose();
   const { accBeta1, accBeta2 } = adamInternals(optimizer);
+  const [beta1, beta2] = await Promise.all([accBeta1.data(), accBeta2.data()]);
   const full: CheckpointState = {
     format: 1,
     ...state,
-    accBeta1: accBeta1.dataSync()[0]!,
-    accBeta2: accBeta2.dataSync()[0]!,
+    accBeta1: beta1[0]!,
+    accBeta2: beta2[0]!,
     optimizerTensors,
   };
   await writeFile(join(tmp, OPTIMIZER_FILE), Buffer.concat(parts));

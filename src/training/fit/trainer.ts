@@ -4,12 +4,11 @@
 import { mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { selectTfBackend } from '../../tf/backend.js';
+import { releaseTfBackend, selectTfBackend, type TfDevice } from '../../tf/backend.js';
 import { registerWasmTrainingKernels } from '../../tf/gradKernels/index.js';
 import type { SegmentationMetrics } from '../../evaluation/metrics.js';
 import { buildSegClsModel, modelNumClasses } from '../../model/network/architecture.js';
 import { importTorchWeights, readSafetensorsFile } from '../../model/network/importWeights.js';
-import { INPUT_SIZE } from '../../util/constants.js';
 import { loadLayersModel, saveLayersModel } from '../../model/network/tfjsIO.js';
 import {
   type EpochRecord,
@@ -21,7 +20,9 @@ import {
   trainingCodeVersion,
 } from './checkpoint.js';
 import { ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, ADAM_LEARNING_RATE } from './hyperparameters.js';
-import { classWeights, jointLoss } from './losses.js';
+import { classWeights } from './losses.js';
+import { DataParallel } from './dataParallel.js';
+import { trainableVariables, trainStep } from './step.js';
 import { buildBatch, epochOrder, pixelCounts, selectPatches, type Setting, type TrainingItems } from './trainingData.js';
 
 export interface FitOptions {
@@ -44,6 +45,16 @@ export interface FitOptions {
   readonly maxStepsPerEpoch?: number;
   /** What else identifies the run (the data's hash, say): a checkpoint of another identity is not resumed. */
   readonly identity?: Record<string, unknown>;
+  /** Where TF.js trains: cpu (wasm, default) or webgpu; an unavailable device fails, never falls back. */
+  readonly device?: TfDevice;
+  /** webgpu: accept a software adapter (lavapipe). */
+  readonly allowSoftwareGpu?: boolean;
+  /**
+   * cpu: data-parallel training workers (dataParallel.ts), default 1 = train on this thread. Above 1, each batch
+   * is cut into `shards` (default: one per worker) whose gradients are summed.
+   */
+  readonly workers?: number;
+  readonly shards?: number;
 }
 
 export type FitEvent =
@@ -85,11 +96,6 @@ async function hasBest(workDir: string): Promise<boolean> {
   );
 }
 
-/** The variables Adam updates: this model's trainable weights only, in a fixed order (its moments are by position). */
-function trainableVariables(model: tf.LayersModel): tf.Variable[] {
-  return model.trainableWeights.map((w) => w.read() as tf.Variable);
-}
-
 /** What a checkpoint must match to be resumed: the settings, the caller's identity (dataset hash) and the code. */
 async function runIdentity(o: FitOptions): Promise<Record<string, unknown>> {
   return {
@@ -112,7 +118,11 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
   if (!Number.isInteger(o.epochs) || o.epochs < 1) throw new Error(`epochs must be a positive integer, got ${o.epochs}`);
   if (!Number.isInteger(o.batchSize) || o.batchSize < 1) throw new Error(`batch size must be a positive integer, got ${o.batchSize}`);
   hooks.signal?.throwIfAborted();
-  const backend = await selectTfBackend();
+  const device = o.device ?? 'cpu';
+  const workers = o.workers ?? 1;
+  const shards = o.shards ?? workers;
+  if (device !== 'cpu' && (workers > 1 || shards > 1)) throw new Error(`data-parallel workers are for the cpu device; ${device} trains on one thread`);
+  const backend = await selectTfBackend({ device, allowSoftwareGpu: o.allowSoftwareGpu });
   if (backend === 'wasm') registerWasmTrainingKernels();
   const numClasses = o.numClasses;
   await mkdir(o.workDir, { recursive: true });
@@ -168,6 +178,7 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
   const stepsPerEpoch = Math.min(Math.ceil(total / o.batchSize), o.maxStepsPerEpoch ?? Infinity);
   hooks.onProgress?.({ kind: 'start', epochsDone, epochs: o.epochs, stepsPerEpoch, resumed });
   const vars = trainableVariables(model);
+  const parallel = workers > 1 || shards > 1 ? await DataParallel.start(workers, numClasses, shards) : undefined;
   let trainSeconds = 0;
   let trainImages = 0;
   let firstStepLoss: number | null = null;
@@ -180,22 +191,8 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
         hooks.signal?.throwIfAborted();
         const refs = order.slice(step * o.batchSize, (step + 1) * o.batchSize);
         const b = buildBatch(items, refs, weights);
-        const x = tf.tensor4d(b.x, [b.n, INPUT_SIZE, INPUT_SIZE, 3]);
-        const segTarget = tf.tensor4d(b.segTarget, [b.n, INPUT_SIZE, INPUT_SIZE, numClasses]);
-        const clsTarget = tf.tensor2d(b.clsTarget, [b.n, numClasses]);
-        let parts: tf.Scalar[] = [];
-        const loss = optimizer.minimize(
-          () => {
-            const [mask, cls] = model.apply(x, { training: true }) as tf.Tensor[];
-            const l = jointLoss(mask!, cls!, segTarget, clsTarget);
-            parts = [tf.keep(l.seg), tf.keep(l.cls)];
-            return l.total;
-          },
-          true,
-          vars,
-        );
-        const [totalV, segV, clsV] = [loss!.dataSync()[0]!, parts[0]!.dataSync()[0]!, parts[1]!.dataSync()[0]!];
-        tf.dispose([loss!, ...parts, x, segTarget, clsTarget]);
+        const l = parallel ? await parallel.step(model, optimizer, vars, b) : await trainStep(model, optimizer, vars, b);
+        const [totalV, segV, clsV] = [l.total, l.seg, l.cls];
         if (!Number.isFinite(totalV)) throw new Error(`loss is ${totalV} at epoch ${epoch + 1}, step ${step + 1}`);
         if (firstStepLoss === null) firstStepLoss = totalV;
         sums.total += totalV;
@@ -235,9 +232,16 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
     throw err;
   } finally {
     optimizer.dispose();
+    await parallel?.close();
   }
   model.dispose();
   if (best === null) throw new Error('no epoch finished');
+  if (backend === 'webgpu') {
+    // The GPU is done: the best weights are read on wasm, where export and checks can read synchronously, and the
+    // device is released so the process can exit.
+    releaseTfBackend();
+    await selectTfBackend({ device: 'cpu' });
+  }
   const bestModel = await loadLayersModel(join(o.workDir, BEST_DIR));
   return {
     model: bestModel,
