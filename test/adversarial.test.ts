@@ -193,6 +193,31 @@ describe('JPEG scan walk', () => {
   });
 });
 
+describe('the pixel limit on every format and decoder path', () => {
+  it('refuses PNG, JPEG, WebP and TIFF over the limit from the header, and after resampling', async () => {
+    const flat = sharp({ create: { width: 2000, height: 1000, channels: 3, background: '#c080a0' } });
+    for (const f of ['png', 'jpeg', 'webp', 'tiff'] as const) {
+      const bytes = await flat.clone().toFormat(f).toBuffer();
+      await assert.rejects(decodeImage(bytes, { maxPixels: 1_000_000 }), /2000x1000 = 2\.0e6 pixels, over the limit of 1000000/, f);
+      await assert.rejects(decodeImage(bytes, { maxPixels: 2_000_000, scale: 2 }), /resampled to the model's scale \(x2\.00\) it would be 4000x2000/, f);
+      assert.equal((await decodeImage(bytes, { maxPixels: 2_000_000, scale: 1 })).width, 2000, f);
+    }
+  });
+
+  it('reads a JPEG\'s size from its SOF: a small JPEG whose header claims 8192x8192 is refused before decoding', async () => {
+    const jpeg = await sharp({ create: { width: 64, height: 64, channels: 3, background: '#c080a0' } }).jpeg().toBuffer();
+    const lying = Buffer.from(jpeg);
+    for (let i = 2; i < lying.length - 8; i++) {
+      if (lying[i] === 0xff && lying[i + 1] === 0xc0) {
+        lying.writeUInt16BE(8192, i + 5);
+        lying.writeUInt16BE(8192, i + 7);
+        break;
+      }
+    }
+    await assert.rejects(decodeImage(lying, { maxPixels: 1 << 24 }), /8192x8192 = 6\.7e7 pixels, over the limit/);
+  });
+});
+
 describe('the stricter decoder does not refuse good images', () => {
   it('decodes clean PNG, JPEG, WebP and TIFF tiles (made here, and from the real slides in ../shared/data when present)', async () => {
     const sources: { name: string; bytes: Buffer }[] = [];

@@ -5,6 +5,7 @@ import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
 import { Metadata, status } from '@grpc/grpc-js';
 import { InvalidModelRefError, ModelNotFoundError } from '../src/model/repository.js';
+import { EngineUnavailableError } from '../src/engine/workerPool.js';
 import { BatcherStoppedError } from '../src/pipeline/batcher.js';
 import type { ModelRegistry } from '../src/pipeline/modelRegistry.js';
 import { DatasetError, DatasetNotFoundError, StoreLimitError } from '../src/data/examples/exampleStore.js';
@@ -35,6 +36,7 @@ describe('toStatus', () => {
       [new DatasetError('classes differ'), status.INVALID_ARGUMENT],
       [new JobFinishedError('the job has ended'), status.FAILED_PRECONDITION],
       [new BatcherStoppedError('server is shutting down'), status.UNAVAILABLE],
+      [new EngineUnavailableError('the engine worker died'), status.UNAVAILABLE],
       [unauthenticated('unknown token'), status.UNAUTHENTICATED],
     ];
     for (const [err, code] of cases) {

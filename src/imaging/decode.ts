@@ -1,5 +1,5 @@
 import sharp, { type Metadata, type OutputInfo } from 'sharp';
-import { checkJpegScan } from './jpegScan.js';
+import { checkJpegScan, jpegFrameSize } from './jpegScan.js';
 import { labelResampler } from './labelResample.js';
 import { decodePlainPng, encodeGreyPng } from './png.js';
 
@@ -100,12 +100,16 @@ function sharpFailure(err: unknown): InvalidImageError {
 
 /**
  * Reads the header (no pixels): the format, which must be an accepted one, and the size the decoder will produce.
- * PNG sizes come from the strict chunk walk above, the rest from sharp's header read, done by the same libvips
- * loader that decodes them.
+ * PNG sizes come from the strict chunk walk above, JPEG ones from the first SOF marker (jpegFrameSize), the rest
+ * from sharp's header read, done by the same libvips loader that decodes them.
  */
 export async function readHeader(bytes: Uint8Array): Promise<ImageHeader> {
   if (bytes.length === 0) throw new InvalidImageError('not an image: empty input');
-  if (sniffFormat(bytes) === 'png') return { format: 'png', ...pngHeader(bytes) };
+  const sniffed = sniffFormat(bytes);
+  if (sniffed === 'png') return { format: 'png', ...pngHeader(bytes) };
+  // Baseline JPEG (the usual lossy tile): the frame size from its SOF, sparing a second sharp call per tile.
+  const frame = sniffed === 'jpeg' ? jpegFrameSize(bytes) : undefined;
+  if (frame) return { format: 'jpeg', ...frame };
   let meta: Metadata;
   try {
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
@@ -182,10 +186,8 @@ export async function decodeImage(
   const { format } = header;
   const plain = format === 'png' && header.width * header.height <= (limits.maxSyncPixels ?? Infinity) ? decodePlainPng(bytes, alloc) : undefined;
   if (plain) return toRgb(plain);
-  if (format === 'jpeg') {
-    const problem = await checkJpegScan(bytes);
-    if (problem) throw new InvalidImageError(`truncated or corrupt JPEG: ${problem}`);
-  }
+  // The scan walk (main thread, in slices) runs while sharp decodes (libuv thread): its time hides under the decode.
+  const scanProblem = format === 'jpeg' ? checkJpegScan(bytes) : Promise.resolve(undefined);
   let decoded: { data: Buffer; info: OutputInfo };
   try {
     decoded = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'warning' })
@@ -195,8 +197,11 @@ export async function decodeImage(
       .raw({ depth: 'uchar' })
       .toBuffer({ resolveWithObject: true });
   } catch (err) {
+    await scanProblem;
     throw new InvalidImageError(`truncated or corrupt ${format.toUpperCase()}: ${errMessage(err)}`);
   }
+  const problem = await scanProblem;
+  if (problem) throw new InvalidImageError(`truncated or corrupt JPEG: ${problem}`);
   const { data, info } = decoded;
   if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels, expected 3`);
   // The header said otherwise: refuse rather than trust either.

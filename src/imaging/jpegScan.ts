@@ -66,8 +66,35 @@ function lookupSlow(t: Huffman, acc: number, nbits: number): number {
   return 0;
 }
 
+/**
+ * A JPEG's frame size from its first SOF marker (what libjpeg decodes; it refuses a second SOF before the scan), read
+ * from the marker segments before the first scan. Undefined when the file is not that simple (no SOF before SOS, a
+ * height left to a DNL marker, a truncated segment): the caller then asks the decoder's own header read.
+ */
+export function jpegFrameSize(b: Uint8Array): { width: number; height: number } | undefined {
+  const n = b.length;
+  if (n < 4 || b[0] !== 0xff || b[1] !== 0xd8) return undefined;
+  for (let p = 2; p + 4 <= n; ) {
+    if (b[p] !== 0xff) return undefined;
+    while (p < n && b[p] === 0xff) p++;
+    const marker = b[p++]!;
+    if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd7)) continue;
+    if (marker === 0xd9 || marker === 0xda || p + 2 > n) return undefined;
+    const len = (b[p]! << 8) | b[p + 1]!;
+    if (len < 2 || p + len > n) return undefined;
+    if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
+      if (len < 7) return undefined;
+      const height = (b[p + 3]! << 8) | b[p + 4]!;
+      const width = (b[p + 5]! << 8) | b[p + 6]!;
+      return width > 0 && height > 0 ? { width, height } : undefined;
+    }
+    p += len;
+  }
+  return undefined;
+}
+
 /** MCUs walked between yields to the event loop (a few milliseconds of work). */
-const MCUS_PER_SLICE = 4096;
+const MCUS_PER_SLICE = 1024;
 
 /**
  * What is wrong with the scan data, or undefined when it is sound or not a kind this walk checks. Runs in slices

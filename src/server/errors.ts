@@ -1,4 +1,5 @@
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import { EngineUnavailableError } from '../engine/workerPool.js';
 import { InvalidModelRefError, ModelNotFoundError } from '../model/repository.js';
 import { EngineUnavailableError } from '../engine/workerPool.js';
 import { BatcherStoppedError } from '../pipeline/batcher.js';

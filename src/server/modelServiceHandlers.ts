@@ -46,6 +46,7 @@ export function modelServiceHandlers(registry: ModelRegistry, configuredEngine: 
         return fn(call.request);
       })().then(
         (res) => cb(null, res),
+        // Every failure, a bug included (logged with its stack), goes through the one toStatus.
         (err) => cb(toStatus(err, report).toServiceError(), null),
       );
     };
