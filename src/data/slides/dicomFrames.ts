@@ -133,7 +133,8 @@ export function wsiInstanceFromDataset(ds: NaturalDataset, transferSyntax: strin
     framePositions,
     dataset: ds,
   };
-  if (!SUPPORTED_TRANSFER_SYNTAXES.includes(transferSyntax)) {
+  // '' = not known yet (DICOMweb metadata may not say; the first frame answer does).
+  if (transferSyntax !== '' && !SUPPORTED_TRANSFER_SYNTAXES.includes(transferSyntax)) {
     throw new DicomSlideError(`${where}: transfer syntax ${transferSyntax} is not supported (JPEG baseline, JPEG 2000, HTJ2K or uncompressed little endian)`);
   }
   if (inst.bitsAllocated !== 8) throw new DicomSlideError(`${where}: ${inst.bitsAllocated} bits allocated; only 8-bit slides are read`);
