@@ -227,7 +227,7 @@ export async function segmentImage(opts: SegmentImageOptions): Promise<SegmentSu
     };
     const classes = model.classes.map((c) => ({ name: c.name, color: c.color }));
     if (opts.geojson) {
-      await writeFile(opts.geojson, JSON.stringify(segmentationToGeoJson(labels, mw, mh, classes, { toLevel0: width / mw })));
+      await writeFile(opts.geojson, JSON.stringify(segmentationToGeoJson(labels, mw, mh, classes, { toLevel0: [width / mw, height / mh] })));
       summary.geojson = opts.geojson;
     }
     if (opts.dicomSeg || opts.store) {

@@ -99,6 +99,8 @@ export function newUid(): string {
   return `2.25.${BigInt('0x' + hex).toString()}`;
 }
 
+/** A decimal string fits 16 characters (DS): 10 significant digits do. */
+const ds16 = (v: number) => Number(v.toPrecision(10));
 const dicomDate = (d: Date) => d.toISOString().slice(0, 10).replace(/-/g, '');
 const dicomTime = (d: Date) => d.toISOString().slice(11, 19).replace(/:/g, '');
 const first = (v: unknown): NaturalDataset | undefined => (Array.isArray(v) ? v[0] : (v as NaturalDataset | undefined));
@@ -265,7 +267,7 @@ export function buildDicomSeg(opts: WriteSegOptions): Uint8Array {
     ],
     SharedFunctionalGroupsSequence: [
       {
-        PixelMeasuresSequence: [{ PixelSpacing: opts.pixelSpacing, SliceThickness: first(first(source.SharedFunctionalGroupsSequence)?.PixelMeasuresSequence)?.SliceThickness ?? 0.001 }],
+        PixelMeasuresSequence: [{ PixelSpacing: opts.pixelSpacing.map(ds16), SliceThickness: first(first(source.SharedFunctionalGroupsSequence)?.PixelMeasuresSequence)?.SliceThickness ?? 0.001 }],
         // No PlaneOrientationSequence: the slide orientation is ImageOrientationSlide at the top level, as in the WSI
         // IOD; bookworm's dciodvfy requires ImageOrientationPatient in any PlaneOrientationSequence.
         DerivationImageSequence: [
