@@ -91,6 +91,8 @@ export interface SegmentSummary {
   overlay?: string;
   dicomSeg?: string;
   geojson?: string;
+  /** Over DICOMweb: what travelled (metadata and frames), before any STOW. */
+  fetched?: { bytes: number; frames: number; requests: number };
   /** The SEG's identity when it was stored over DICOMweb. */
   stored?: { studyInstanceUid: string; seriesInstanceUid: string; sopInstanceUid: string };
 }
@@ -134,7 +136,8 @@ export async function segmentImage(opts: SegmentImageOptions): Promise<SegmentSu
   if (!Number.isInteger(tile) || tile < MIN_TILE || tile > MAX_TILE) throw new Error(`--tile must be an integer in ${MIN_TILE}..${MAX_TILE}, got ${tile}`);
   if (!!opts.image === !!opts.dicomweb) throw new Error('give either --image or --dicomweb (with --study and --series)');
   if (opts.store && !opts.dicomweb) throw new Error('--store sends the SEG back to the DICOMweb server: it needs --dicomweb');
-  const slide: SlideInfo = opts.dicomweb ? await openDicomWebSlide(opts.dicomweb) : await openSlide(opts.image!);
+  const web = opts.dicomweb ? await openDicomWebSlide(opts.dicomweb) : null;
+  const slide: SlideInfo = web ?? (await openSlide(opts.image!));
   const where = opts.image ?? `${opts.dicomweb!.url} study ${opts.dicomweb!.study} series ${opts.dicomweb!.series}`;
   if ((opts.dicomSeg || opts.store) && slide.format !== 'dicom') {
     throw new Error(`${where} is not a DICOM slide: a DICOM SEG takes its patient, study and frame of reference from a DICOM source (write --geojson or --out instead)`);
@@ -226,6 +229,7 @@ export async function segmentImage(opts: SegmentImageOptions): Promise<SegmentSu
       read: { format: slide.format, level: regionInfo.level, skippedGlassTiles: regionInfo.skipped() },
     };
     const classes = model.classes.map((c) => ({ name: c.name, color: c.color }));
+    if (web) summary.fetched = { bytes: web.source.bytesFetched, frames: web.source.framesFetched, requests: web.source.requests };
     if (opts.geojson) {
       await writeFile(opts.geojson, JSON.stringify(segmentationToGeoJson(labels, mw, mh, classes, { toLevel0: [width / mw, height / mh] })));
       summary.geojson = opts.geojson;
