@@ -17,6 +17,8 @@ import { loadConfig } from '../src/server/config.js';
 import { startServer, type RunningServer } from '../src/server/grpcServer.js';
 import { createLogger } from '../src/telemetry/logger.js';
 import { Metrics } from '../src/telemetry/metrics.js';
+import { renderSynthSlide } from '../src/synth/slides.js';
+import { jpeg2000Tiff } from './support/jpeg2000Tiff.js';
 import { dciodvfy, dcmdumpValue, DICOMIZER, dicomize, fixtureSource, needTools, type FixtureSource } from './support/dicomFixtures.js';
 
 const CLASSES = [
@@ -152,6 +154,25 @@ describe('DICOM without Debian tools', () => {
         assert.deepEqual([...whole.data.subarray(kept, kept + 3)], [...rgb.subarray(kept, kept + 3)]);
       }
     }
+  });
+
+  it('reads a JPEG 2000 SVS (compression 33005) tile by tile, every level, losslessly', async () => {
+    const synth = renderSynthSlide(3, 300, 200);
+    const l0 = { data: new Uint8Array(synth.rgb), width: 300, height: 200 };
+    const half = await sharp(synth.rgb, { raw: { width: 300, height: 200, channels: 3 } }).resize(150, 100).raw().toBuffer();
+    const l1 = { data: new Uint8Array(half), width: 150, height: 100 };
+    const path = join(dir, 'j2k.svs');
+    await writeFile(path, await jpeg2000Tiff([l0, l1], 0.5));
+    const slide = await openSlide(path);
+    assert.equal(slide.format, 'tiff-jpeg2000');
+    assert.equal(slide.mpp, 0.5);
+    assert.deepEqual(slide.levels.map((l) => [l.width, l.height]), [[300, 200], [150, 100]]);
+    const region = await readSlideRegion(slide, 0, { left: 100, top: 50, width: 150, height: 120 });
+    const want = new Uint8Array(150 * 120 * 3);
+    for (let y = 0; y < 120; y++) want.set(l0.data.subarray(((50 + y) * 300 + 100) * 3, ((50 + y) * 300 + 250) * 3), y * 450);
+    assert.equal(maxDiff(region.data, want), 0);
+    const small = await readSlideRgb(slide, 150, 100);
+    assert.equal(maxDiff(small.data, l1.data), 0, 'the half-size level is read as it is');
   });
 
   it('a SEG reads back to the label map it was written from, TILED_FULL and TILED_SPARSE (empty frames left out)', async () => {

@@ -6,8 +6,9 @@ import { open, stat } from 'node:fs/promises';
 import { extname } from 'node:path';
 import sharp from 'sharp';
 import type { RgbImage } from '../../imaging/decode.js';
-import { openDicomWsi, type DicomWsi } from './dicomWsi.js';
-import { isDicomFile } from './dicomFile.js';
+import { openDicomWsi, type DicomWsi } from '../../dicom/dicomWsi.js';
+import { isDicomFile } from '../../dicom/dicomFile.js';
+import { openDicomWebSeries, type DicomWebFrameSource, type DicomWebTarget } from '../../dicom/dicomweb.js';
 import { openJpeg2000Tiff, readJpeg2000TiffRegion, type Jpeg2000Tiff } from './tiffJpeg2000.js';
 
 export class UnsupportedSlideError extends Error {
@@ -111,9 +112,7 @@ async function isDicom(path: string): Promise<boolean> {
 export async function openSlide(path: string): Promise<SlideInfo> {
   try {
     if (await isDicom(path)) {
-      const dicom = await openDicomWsi(path);
-      const levels = dicom.levels.map((l, page) => ({ page, width: l.width, height: l.height, downsample: l.downsample }));
-      return { path, width: dicom.width, height: dicom.height, mpp: dicom.mpp, levels, format: 'dicom', dicom };
+      return dicomSlide(path, await openDicomWsi(path));
     }
     const facts = await readTiffFacts(path);
     const mppMatch = facts?.description?.match(/\bMPP\s*=\s*([0-9.]+)/);
@@ -135,6 +134,17 @@ export async function openSlide(path: string): Promise<SlideInfo> {
     if (err instanceof UnsupportedSlideError) throw err;
     throw new Error(`cannot read slide ${path}: ${(err as Error).message}`);
   }
+}
+
+function dicomSlide(path: string, dicom: DicomWsi): SlideInfo {
+  const levels = dicom.levels.map((l, page) => ({ page, width: l.width, height: l.height, downsample: l.downsample }));
+  return { path, width: dicom.width, height: dicom.height, mpp: dicom.mpp, levels, format: 'dicom', dicom };
+}
+
+/** A slide in a series on a DICOMweb server (WADO-RS); `source` counts what was fetched. */
+export async function openDicomWebSlide(target: DicomWebTarget): Promise<SlideInfo & { source: DicomWebFrameSource }> {
+  const { url, dicom, source } = await openDicomWebSeries(target);
+  return { ...dicomSlide(url, dicom), source };
 }
 
 /** JPEG 2000 TIFF/SVS: pyramid pages are the JPEG 2000 pages of level 0's aspect (thumbnail/label/macro left out). */

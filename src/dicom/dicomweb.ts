@@ -4,7 +4,6 @@
 import dcmjs from 'dcmjs';
 import { DicomSlideError, SUPPORTED_TRANSFER_SYNTAXES, wsiInstanceFromDataset, type WsiInstance } from './dicomFrames.js';
 import { DicomWsi, type FrameSource } from './dicomWsi.js';
-import type { SlideInfo } from './slideReader.js';
 
 /** Frames asked for in one WADO-RS request (a URL stays short, a response a few MB). */
 const FRAMES_PER_REQUEST = 32;
@@ -121,8 +120,8 @@ export class DicomWebFrameSource implements FrameSource {
   async close(): Promise<void> {}
 }
 
-/** Opens a series on a DICOMweb server as a slide: all its VOLUME instances are the pyramid. */
-export async function openDicomWebSlide(target: DicomWebTarget): Promise<SlideInfo & { source: DicomWebFrameSource }> {
+/** Opens a series on a DICOMweb server: all its VOLUME instances are the pyramid. */
+export async function openDicomWebSeries(target: DicomWebTarget): Promise<{ url: string; dicom: DicomWsi; source: DicomWebFrameSource }> {
   const url = `${root(target)}/studies/${target.study}/series/${target.series}/metadata`;
   const res = await request(target, url, { headers: headers(target, 'application/dicom+json') });
   const text = await res.text();
@@ -148,9 +147,7 @@ export async function openDicomWebSlide(target: DicomWebTarget): Promise<SlideIn
       throw err;
     }
   }
-  const dicom = new DicomWsi(`${target.url} series ${target.series}`, instances, source);
-  const levels = dicom.levels.map((l, page) => ({ page, width: l.width, height: l.height, downsample: l.downsample }));
-  return { path: url, width: dicom.width, height: dicom.height, mpp: dicom.mpp, levels, format: 'dicom', dicom, source };
+  return { url, dicom: new DicomWsi(`${target.url} series ${target.series}`, instances, source), source };
 }
 
 /** STOW-RS: sends DICOM instances to the study's server; returns the identity of the first stored instance. */

@@ -2,8 +2,8 @@
 // naturalized by dcmjs), frame positions in the total pixel matrix, and decoding one frame to RGB.
 import sharp from 'sharp';
 import type { NaturalDataset } from 'dcmjs';
-import type { RgbImage } from '../../imaging/decode.js';
-import { decodeJpeg2000, ycbcrToRgbInPlace } from '../../imaging/jpeg2000.js';
+import type { RgbImage } from '../imaging/decode.js';
+import { decodeJpeg2000, ycbcrToRgbInPlace } from '../imaging/jpeg2000.js';
 
 export const VL_WHOLE_SLIDE_MICROSCOPY = '1.2.840.10008.5.1.4.1.1.77.1.6';
 export const SEGMENTATION_STORAGE = '1.2.840.10008.5.1.4.1.1.66.4';

@@ -3,7 +3,7 @@
 // only the frames it overlaps, through a small cache of decoded frames (a model tile usually spans frame borders).
 import { open, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { RgbImage } from '../../imaging/decode.js';
+import type { RgbImage } from '../imaging/decode.js';
 import { decodeFrame, DicomSlideError, imageFlavor, TS, wsiInstanceFromDataset, type WsiInstance } from './dicomFrames.js';
 import { isDicomFile, readDicomHeader, readEncapsulatedFrame, readFrameTable, readNativeFrame, type DicomHeader, type FrameTable } from './dicomFile.js';
 
