@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +11,10 @@ import { buildDicomSeg, readDicomSeg, srgbToDicomLab } from '../src/data/labels/
 import { segmentationToGeoJson } from '../src/data/labels/geojson.js';
 import { geoJsonToLabels } from '../src/data/labels/annotations.js';
 import { resizeLabels } from '../src/imaging/decode.js';
+import { mkdir } from 'node:fs/promises';
+import { loadSlideLabels, readGenericDataset } from '../src/data/datasets/dataset.js';
+import { ExampleStore, readExampleFile } from '../src/data/examples/exampleStore.js';
+import { readLabelMap } from '../src/data/labels/labelMap.js';
 import { slideAreas } from '../src/pipeline/slideSummary.js';
 import { segmentImage } from '../src/cli/segmentCommand.js';
 import { loadConfig } from '../src/server/config.js';
@@ -197,6 +201,36 @@ describe('DICOM without Debian tools', () => {
     assert.ok(sizes[1]! < sizes[0]!, `sparse ${sizes[1]} < full ${sizes[0]}`);
     // Colours go as CIELab: white is L*=100, a*=b*=0.
     assert.deepEqual(srgbToDicomLab('#ffffff').map((v) => Math.round(v / 100)), [655, 329, 329]);
+  });
+
+  it('a DICOM SEG is a training mask: masks/<name>.dcm in the generic layout, and an uploaded example\'s mask', async () => {
+    const root = join(dir, 'generic');
+    for (const d of ['slides', 'masks', 'patches/benign']) await mkdir(join(root, d), { recursive: true });
+    await writeFile(join(root, 'classes.txt'), NAMES.join('\n') + '\n');
+    await sharp({ create: { width: 80, height: 60, channels: 3, background: '#d0a0c0' } }).png().toFile(join(root, 'slides', 'a.png'));
+    // The SEG at half the slide's size, as histoseg writes them at the model's scale; segments in another order.
+    const half = new Uint8Array(40 * 30);
+    for (let y = 5; y < 20; y++) for (let x = 4; x < 30; x++) half[y * 40 + x] = y < 12 ? 3 : 1;
+    const source = { SOPClassUID: '1.2.840.10008.5.1.4.1.1.77.1.6', SOPInstanceUID: '2.25.11', StudyInstanceUID: '2.25.12', SeriesInstanceUID: '2.25.13' };
+    const reordered = [CLASSES[0]!, CLASSES[3]!, CLASSES[1]!, CLASSES[2]!];
+    const remap = new Uint8Array(half.map((k) => [0, 2, 3, 1][k]!));
+    await writeFile(join(root, 'masks', 'a.dcm'), buildDicomSeg({ labels: remap, width: 40, height: 30, classes: reordered, pixelSpacing: [0.01, 0.01], source, algorithm: { name: 'x', version: '1' } }));
+    await sharp({ create: { width: 16, height: 16, channels: 3, background: '#c080b0' } }).png().toFile(join(root, 'patches', 'benign', 'p.png'));
+    const ds = await readGenericDataset(root);
+    assert.equal(ds.slides[0]!.labels.kind, 'dicom-seg');
+    const full = await loadSlideLabels(ds.slides[0]!, ds);
+    assert.deepEqual([full.width, full.height], [80, 60]);
+    assert.ok(Buffer.from(full.labels).equals(Buffer.from(await resizeLabels(half, 40, 30, 80, 60))), 'segments mapped to classes by label');
+
+    const store = await ExampleStore.open(join(dir, 'store'), { maxExamplePixels: 1 << 20, maxDatasetExamples: 10, maxDatasetBytes: 1 << 24, maxStoreBytes: 1 << 26 });
+    await store.openDataset('pacs', NAMES);
+    const image = await sharp({ create: { width: 80, height: 60, channels: 3, background: '#d0a0c0' } }).png().toBuffer();
+    const mask = new Uint8Array(readFileSync(join(root, 'masks', 'a.dcm')));
+    await store.put('pacs', { exampleId: 'e1', image, mpp: 7.5, mask, split: 'train' });
+    const file = readdirSync(join(dir, 'store', 'pacs', 'examples')).find((f) => f.endsWith('.ex'))!;
+    const stored = await readExampleFile(join(dir, 'store', 'pacs', 'examples', file));
+    const map = await readLabelMap(new Uint8Array(stored.mask!));
+    assert.ok(Buffer.from(map.labels).equals(Buffer.from(full.labels)), 'the upload keeps the SEG as a label map at the image size');
   });
 
   it('GeoJSON: one feature per connected region with class name and colour, read back to the same label map', async () => {
