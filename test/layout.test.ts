@@ -23,6 +23,8 @@ const FLOORS: readonly (readonly string[])[] = [
   ['server', 'client'],
   ['cli'],
 ];
+/** The only folders that know the wire (generated protobuf code). */
+const WIRE = new Set(['server', 'client', 'cli', 'proto']);
 /** Folders that may write to the terminal: everything below reports through return values, hooks and the logger. */
 const TERMINAL = new Set(['cli']);
 /** Process entry points below cli/ (a child process or worker), which may say why they refuse to start. */
@@ -65,6 +67,11 @@ test('no folder imports a folder on its own floor or above it', () => {
   for (const [from, tos] of edges) {
     for (const to of tos) if (floorOf.get(to)! >= floorOf.get(from)!) wrong.push(`${from} -> ${to}`);
   }
+  assert.deepEqual(wrong, []);
+});
+
+test('only the server, the client and the CLI know the wire types', () => {
+  const wrong = [...edges].flatMap(([from, tos]) => (tos.has('proto') && !WIRE.has(from) ? [from] : []));
   assert.deepEqual(wrong, []);
 });
 

@@ -4,7 +4,7 @@ import { INPUT_SIZE, SEG16_SIZE } from '../util/constants.js';
 import { loadLayersModel } from '../model/network/tfjsIO.js';
 import type { Engine, EngineInput, EngineOutput, MaskOutput } from './engine.js';
 import { assertEngineInput, ownedArray } from '../engine/engineInput.js';
-import { selectTfBackend } from '../tf/backend.js';
+import { selectTfBackend, type TfBackendOptions } from '../tf/backend.js';
 
 /** TF.js engine with the same NCHW interface as OnnxEngine: the model is NHWC, so it transposes in and out. */
 export class TfjsEngine implements Engine {
@@ -21,8 +21,8 @@ export class TfjsEngine implements Engine {
   }
 
   /** `modelPath` is the folder holding model.json, or model.json itself. */
-  static async create(modelPath: string, numClasses: number, maskOutput: MaskOutput = 'mask'): Promise<TfjsEngine> {
-    const backend = await selectTfBackend();
+  static async create(modelPath: string, numClasses: number, maskOutput: MaskOutput = 'mask', backendOpts: TfBackendOptions = {}): Promise<TfjsEngine> {
+    const backend = await selectTfBackend(backendOpts);
     return TfjsEngine.fromModel(await loadLayersModel(modelPath), numClasses, backend, maskOutput);
   }
 

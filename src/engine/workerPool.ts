@@ -3,6 +3,8 @@ import { Worker } from 'node:worker_threads';
 import type { Manifest } from '../model/manifest.js';
 import type { Device, EngineKind, EngineOutput } from './engine.js';
 import type { WorkerInit, WorkerReply } from './workerProtocol.js';
+import type { GpuAdapterInfo } from '../util/gpuAdapter.js';
+import { startModuleWorker } from '../util/moduleWorker.js';
 
 export interface PoolOptions {
   kind: EngineKind;
@@ -12,6 +14,10 @@ export interface PoolOptions {
   threads: number;
   workers: number;
   device?: Device;
+  /** Batches posted to one worker at a time (the engine table's batchesPerWorker); default 1. */
+  batchesPerWorker?: number;
+  /** webgpu: accept a software adapter. */
+  allowSoftwareGpu?: boolean;
 }
 
 /** n model windows as RGB bytes, size x size x 3 each (HWC). */
@@ -27,108 +33,220 @@ export interface PoolResult extends EngineOutput {
   input?: Uint8Array;
 }
 
+interface Pending {
+  resolve: (r: PoolResult) => void;
+  reject: (e: Error) => void;
+}
+
 interface Slot {
   worker: Worker;
-  busy: boolean;
-  pending?: { id: number; resolve: (r: PoolResult) => void; reject: (e: Error) => void };
+  /** False from the moment its worker dies until a replacement has said ready. */
+  alive: boolean;
+  /** Batches posted and not yet answered, by id: at most the pool's batchesPerWorker. They run one after another. */
+  pending: Map<number, Pending>;
 }
 
 /**
- * Compiled JS runs the worker file directly. From TypeScript source (tsx), the worker first registers tsx's
- * loader itself: Node 20 does not hand the parent's module hooks to worker threads.
+ * An engine worker died (crashed, was killed, ran out of memory): the batch it was running is lost. The caller may
+ * retry elsewhere; the pool starts a replacement.
  */
+export class EngineUnavailableError extends Error {
+  override readonly name = 'EngineUnavailableError';
+}
+
+/** Waits before starting a replacement after a failed one: 1 s, doubling to 30 s (a model that no longer loads). */
+const RESPAWN_BACKOFF_MS = [1_000, 30_000] as const;
+
 function startWorker(workerData: WorkerInit): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./engineWorker.js', import.meta.url), { workerData });
-  const api = import.meta.resolve('tsx/esm/api');
-  const entry = new URL('./engineWorker.ts', import.meta.url).href;
-  const boot = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); })`;
-  return new Worker(boot, { eval: true, workerData });
+  return startModuleWorker(import.meta.url, 'engineWorker', workerData);
 }
 
 /**
- * Engines in worker threads, one batch per worker at a time. The batcher asks for an idle worker before it
+ * Engines in worker threads, batchesPerWorker batches per worker at a time (1 on cpu; on a GPU the next batch waits
+ * inside the worker, so the device never idles for a round trip). The batcher asks for a free place before it
  * closes a batch, so batches form while the engine is busy.
+ *
+ * A worker that dies (idle or busy) is noticed from its 'exit' event: its batch is rejected with
+ * EngineUnavailableError at once, and a replacement starts. Events: 'idle' (a worker can take a batch), 'down'
+ * (a worker died; aliveCount() says how many are left), 'up' (a replacement is ready), 'unavailable' (no worker is
+ * alive and a replacement failed to start: queued work should fail rather than wait), 'error' (what went wrong).
  */
 export class EnginePool extends EventEmitter {
   readonly engineName: string;
+  /** GPU engines: the adapter the engine runs on (as its first worker reported it). */
+  readonly adapter?: GpuAdapterInfo;
   private readonly slots: Slot[];
+  private readonly init: WorkerInit;
+  private readonly perWorker: number;
   private nextId = 1;
   private closed = false;
+  private respawnFailures = 0;
 
-  private constructor(slots: Slot[], engineName: string) {
+  private constructor(slots: Slot[], engineName: string, init: WorkerInit, perWorker: number, adapter?: GpuAdapterInfo) {
     super();
     this.slots = slots;
     this.engineName = engineName;
+    this.init = init;
+    this.perWorker = perWorker;
+    this.adapter = adapter;
   }
 
   static async create(opts: PoolOptions): Promise<EnginePool> {
     const perWorker = Math.max(1, Math.floor(opts.threads / opts.workers));
+    const batches = opts.batchesPerWorker ?? 1;
+    if (!Number.isInteger(batches) || batches < 1) throw new Error(`batchesPerWorker must be a positive integer, got ${batches}`);
+    const init: WorkerInit = {
+      kind: opts.kind,
+      modelDir: opts.modelDir,
+      manifest: opts.manifest,
+      threads: perWorker,
+      device: opts.device ?? 'cpu',
+      allowSoftwareGpu: opts.allowSoftwareGpu ?? false,
+    };
     const slots: Slot[] = [];
     const names: string[] = [];
+    let adapter: GpuAdapterInfo | undefined;
     try {
       for (let i = 0; i < opts.workers; i++) {
-        const init: WorkerInit = { kind: opts.kind, modelDir: opts.modelDir, manifest: opts.manifest, threads: perWorker, device: opts.device ?? 'cpu' };
-        const worker = startWorker(init);
-        slots.push({ worker, busy: false });
-        const [msg] = (await Promise.race([once(worker, 'message'), once(worker, 'error').then(([e]) => [{ type: 'failed', message: (e as Error).message }])])) as [WorkerReply];
-        if (msg.type !== 'ready') throw new Error(`engine ${opts.kind} failed to start: ${msg.type === 'failed' ? msg.message : msg.type}`);
-        names.push(msg.engine);
+        const ready = await EnginePool.spawn(init, (w) => slots.push({ worker: w, alive: true, pending: new Map() }));
+        names.push(ready.engine);
+        adapter ??= ready.adapter;
       }
     } catch (err) {
       await Promise.all(slots.map((s) => s.worker.terminate()));
       throw err;
     }
-    const pool = new EnginePool(slots, names[0]);
+    const pool = new EnginePool(slots, names[0], init, batches, adapter);
     for (const slot of slots) pool.attach(slot);
     return pool;
   }
 
+  /** Starts one worker and waits for its engine to load; `started` sees the worker before it is ready. */
+  private static async spawn(
+    init: WorkerInit,
+    started: (w: Worker) => void = () => undefined,
+  ): Promise<{ worker: Worker; engine: string; adapter?: GpuAdapterInfo }> {
+    const worker = startWorker(init);
+    started(worker);
+    const [msg] = (await Promise.race([
+      once(worker, 'message'),
+      once(worker, 'error').then(([e]) => [{ type: 'failed', message: (e as Error).message }]),
+      once(worker, 'exit').then(([code]) => [{ type: 'failed', message: `worker exited with code ${code} while starting` }]),
+    ])) as [WorkerReply];
+    if (msg.type !== 'ready') {
+      void worker.terminate();
+      throw new Error(`engine ${init.kind} failed to start: ${msg.type === 'failed' ? msg.message : msg.type}`);
+    }
+    return { worker, engine: msg.engine, adapter: msg.adapter };
+  }
+
   private attach(slot: Slot): void {
-    slot.worker.on('message', (msg: WorkerReply) => {
-      const p = slot.pending;
-      if (!p || (msg.type !== 'result' && msg.type !== 'error') || msg.id !== p.id) return;
-      slot.pending = undefined;
-      slot.busy = false;
+    const worker = slot.worker;
+    worker.on('message', (msg: WorkerReply) => {
+      if (slot.worker !== worker || (msg.type !== 'result' && msg.type !== 'error')) return;
+      const p = slot.pending.get(msg.id);
+      if (!p) return;
+      slot.pending.delete(msg.id);
       if (msg.type === 'result') p.resolve({ mask: msg.mask, cls: msg.cls, maskSize: msg.maskSize, seconds: msg.seconds, input: msg.rgb });
       else p.reject(new Error(`engine error: ${msg.message}`));
       this.emit('idle');
     });
-    const fail = (err: Error) => {
-      slot.pending?.reject(new Error(`engine worker died: ${err.message}`));
-      slot.pending = undefined;
-      if (!this.closed) this.emit('error', err);
-    };
-    slot.worker.on('error', fail);
-    slot.worker.on('exit', (code) => {
-      if (!this.closed) fail(new Error(`exit code ${code}`));
+    let reported: Error | undefined;
+    worker.on('error', (err: Error) => (reported = err));
+    worker.on('exit', (code) => {
+      if (this.closed || slot.worker !== worker) return;
+      this.died(slot, reported ? `${reported.message} (exit code ${code})` : `exit code ${code}`);
     });
+  }
+
+  private died(slot: Slot, why: string): void {
+    slot.alive = false; // nothing may be posted to it until the replacement is ready
+    const lost = [...slot.pending.values()];
+    slot.pending.clear();
+    const err = new EngineUnavailableError(`engine worker died (${why})${lost.length > 0 ? `; ${lost.length === 1 ? 'its batch is' : 'its batches are'} lost` : ''}`);
+    for (const p of lost) p.reject(err);
+    this.report(err);
+    this.emit('down', this.aliveCount());
+    void this.respawn(slot);
+  }
+
+  private async respawn(slot: Slot): Promise<void> {
+    while (!this.closed) {
+      try {
+        const { worker } = await EnginePool.spawn(this.init);
+        if (this.closed) {
+          await worker.terminate();
+          return;
+        }
+        slot.worker = worker;
+        slot.alive = true;
+        this.respawnFailures = 0;
+        this.attach(slot);
+        this.emit('up', this.aliveCount());
+        this.emit('idle');
+        return;
+      } catch (err) {
+        this.report(err as Error);
+        if (this.aliveCount() === 0) this.emit('unavailable', new EngineUnavailableError(`no engine worker is alive: ${(err as Error).message}`));
+        const ms = Math.min(RESPAWN_BACKOFF_MS[1], RESPAWN_BACKOFF_MS[0] * 2 ** this.respawnFailures++);
+        await new Promise((r) => setTimeout(r, ms).unref());
+      }
+    }
+  }
+
+  /** 'error' for whoever listens (the registry logs it); an EventEmitter throws an unheard 'error'. */
+  private report(err: Error): void {
+    if (this.listenerCount('error') > 0) this.emit('error', err);
   }
 
   get size(): number {
     return this.slots.length;
   }
 
-  idleCount(): number {
+  /** Workers with a live engine (busy or idle). */
+  aliveCount(): number {
     let n = 0;
-    for (const s of this.slots) if (!s.busy) n++;
+    for (const s of this.slots) if (s.alive) n++;
     return n;
   }
 
-  /** Runs a batch of RGB windows on an idle worker; the buffer is transferred (unusable afterwards). */
+  idleCount(): number {
+    let n = 0;
+    for (const s of this.slots) if (s.alive) n += this.perWorker - s.pending.size;
+    return n;
+  }
+
+  /**
+   * Kills worker i the way a crash would (terminate, no notice to the pool): for tests and failure drills. The
+   * pool finds out from the worker's exit, as it would for any other death.
+   */
+  killWorker(i: number): Promise<number> {
+    return this.slots[i]!.worker.terminate();
+  }
+
+  /** Index of a worker running a batch now, or -1. */
+  busyWorker(): number {
+    return this.slots.findIndex((s) => s.alive && s.pending.size > 0);
+  }
+
+  /** Runs a batch of RGB windows on the least loaded live worker; the buffer is transferred (unusable afterwards). */
   run(input: RgbBatch): Promise<PoolResult> {
-    const slot = this.slots.find((s) => !s.busy);
-    if (!slot) return Promise.reject(new Error('no idle engine worker'));
     if (this.closed) return Promise.reject(new Error('engine pool closed'));
-    slot.busy = true;
+    let slot: Slot | undefined;
+    for (const s of this.slots) if (s.alive && s.pending.size < this.perWorker && (!slot || s.pending.size < slot.pending.size)) slot = s;
+    if (!slot) return Promise.reject(new Error('no idle engine worker'));
+    const target = slot;
     const id = this.nextId++;
     return new Promise<PoolResult>((resolve, reject) => {
-      slot.pending = { id, resolve, reject };
+      target.pending.set(id, { resolve, reject });
+      const slot = target;
       slot.worker.postMessage({ type: 'run', id, rgb: input.data, n: input.n }, [input.data.buffer as ArrayBuffer]);
     });
   }
 
   async close(): Promise<void> {
     this.closed = true;
+    for (const s of this.slots) for (const p of s.pending.values()) p.reject(new EngineUnavailableError('engine pool closed'));
     await Promise.all(this.slots.map((s) => s.worker.terminate()));
   }
 }

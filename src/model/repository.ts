@@ -2,7 +2,7 @@ import { cp, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import type * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
-import { fsyncDir, fsyncTree, TEMP_PREFIX, writeJsonDurable } from '../util/durableFile.js';
+import { fsyncDir, fsyncTree, processAlive, TEMP_PREFIX, writeJsonDurable } from '../util/durableFile.js';
 import { MANIFEST_FILE, ManifestSchema, readManifest, writeManifest, type Manifest } from './manifest.js';
 
 /**
@@ -202,8 +202,10 @@ export async function saveModelVersion(
   }
   const parent = join(resolve(root), m.name);
   const dir = join(parent, m.version);
+  await removeStaleTemporaries(root);
   if (!opts.overwrite && (await exists(dir))) throw new Error(`${dir} already exists`);
   const tmp = stagingDir(parent, m.version);
+  activeTemporaries.add(tmp);
   try {
     const tfjsPath = modelFilePath(tmp, m.files.tfjs);
     const onnxPath = modelFilePath(tmp, m.files.onnx);
@@ -219,6 +221,8 @@ export async function saveModelVersion(
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
     throw err;
+  } finally {
+    activeTemporaries.delete(tmp);
   }
   return { name: m.name, version: m.version, dir, manifest: m };
 }
@@ -238,8 +242,10 @@ export async function publishModelVersion(root: string, srcDir: string): Promise
   const parent = join(resolve(root), manifest.name);
   const dir = join(parent, manifest.version);
   if (await exists(dir)) throw new Error(`model ${manifest.name}@${manifest.version} already exists in ${resolve(root)}`);
+  await removeStaleTemporaries(root);
   await mkdir(parent, { recursive: true });
   const tmp = stagingDir(parent, manifest.version);
+  activeTemporaries.add(tmp);
   try {
     await cp(srcDir, tmp, { recursive: true });
     await fsyncTree(tmp);
@@ -248,6 +254,8 @@ export async function publishModelVersion(root: string, srcDir: string): Promise
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
     throw err;
+  } finally {
+    activeTemporaries.delete(tmp);
   }
   return { name: manifest.name, version: manifest.version, dir, manifest };
 }
@@ -277,6 +285,38 @@ export async function nextVersion(root: string, name: string): Promise<string> {
 export async function readDefaultModel(root: string): Promise<{ name: string; version?: string } | undefined> {
   return readDefault(resolve(root));
 }
+
+/** A version being staged: `.tmp-<version>-<pid>-<ms>` beside the versions (stagingDir). */
+const TEMPORARY = /^\.tmp-(.+)-(\d+)-(\d+)$/;
+
+/**
+ * Removes version folders a crashed writer left half-written (`<root>/<name>/.tmp-<version>-<pid>-<ms>/`) whose
+ * writer is no longer running. Every command that writes to the repository calls it first. Returns what it removed.
+ */
+export async function removeStaleTemporaries(root: string): Promise<string[]> {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = await subdirs(resolve(root));
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    for (const entry of await subdirs(join(resolve(root), name))) {
+      const m = TEMPORARY.exec(entry);
+      if (!m) continue;
+      const pid = Number(m[2]);
+      if (pid !== process.pid && processAlive(pid)) continue;
+      if (pid === process.pid && activeTemporaries.has(join(resolve(root), name, entry))) continue;
+      await rm(join(resolve(root), name, entry), { recursive: true, force: true });
+      removed.push(join(resolve(root), name, entry));
+    }
+  }
+  return removed;
+}
+
+/** Temporary folders this process is writing now. */
+const activeTemporaries = new Set<string>();
 
 /** Writes `<root>/default.json`; the model need not have a version yet. */
 export async function writeDefaultModel(root: string, name: string, version?: string): Promise<void> {

@@ -1,5 +1,6 @@
 import { EnginePool } from '../engine/workerPool.js';
 import type { Device, EngineKind } from '../engine/engine.js';
+import type { GpuAdapterInfo } from '../util/gpuAdapter.js';
 import type { Manifest } from '../model/manifest.js';
 import { listModels, readDefaultModel, resolveModel, writeDefaultModel, type ModelEntry } from '../model/repository.js';
 import type { Logger } from '../telemetry/logger.js';
@@ -9,6 +10,8 @@ import { Batcher, type BatchRunner } from './batcher.js';
 /** What runs a loaded model's batches: the engine worker pool, or an engine in this thread (InProcessRunner). */
 export interface ModelRunner extends BatchRunner {
   readonly engineName: string;
+  /** GPU engines: the adapter they run on. */
+  readonly adapter?: GpuAdapterInfo;
   close(): Promise<void>;
 }
 
@@ -26,6 +29,10 @@ export interface RegistryOptions {
   device: Device;
   threads: number;
   workers: number;
+  /** Batches posted to one worker at a time (the engine table's policy); default 1. */
+  batchesPerWorker?: number;
+  /** webgpu: accept a software adapter. */
+  allowSoftwareGpu?: boolean;
   maxBatch: number;
   maxDelayMs: number;
   queueCapacity: number;
@@ -80,6 +87,11 @@ export class ModelRegistry {
     const model = await this.slot(entry).promise;
     if (!model.manifest.trained) {
       this.log.warn({ model: this.defaultKey }, 'the default model is UNTRAINED (random weights): its masks and classes mean nothing');
+    } else if (model.manifest.demoOnly) {
+      this.log.warn(
+        { model: this.defaultKey, trainedOn: model.manifest.trainedOn },
+        'the default model is for DEMONSTRATION only (trained on synthetic data): its masks say nothing about real tissue',
+      );
     }
     if (this.opts.pollMs && !this.opts.defaultModel) {
       this.poller = setInterval(() => void this.poll(), this.opts.pollMs);
@@ -203,7 +215,16 @@ export class ModelRegistry {
   private async load(dir: string, manifest: Manifest): Promise<LoadedModel> {
     const k = key(manifest);
     const started = performance.now();
-    const pool = await EnginePool.create({ kind: this.opts.engine, modelDir: dir, manifest, threads: this.opts.threads, workers: this.opts.workers, device: this.opts.device });
+    const pool = await EnginePool.create({
+      kind: this.opts.engine,
+      modelDir: dir,
+      manifest,
+      threads: this.opts.threads,
+      workers: this.opts.workers,
+      device: this.opts.device,
+      batchesPerWorker: this.opts.batchesPerWorker,
+      allowSoftwareGpu: this.opts.allowSoftwareGpu,
+    });
     const size = manifest.inputSize;
     const C = manifest.classes.length;
     const batcher = new Batcher(
@@ -220,6 +241,10 @@ export class ModelRegistry {
       throw err;
     }
     this.metrics.modelInfo.set({ name: manifest.name, version: manifest.version, engine: pool.engineName, trained: String(manifest.trained) }, 1);
+    if (pool.adapter) {
+      const { vendor, architecture, device, description, software } = pool.adapter;
+      this.log.info({ model: k, engine: pool.engineName, gpu: { vendor, architecture, device, description, software } }, 'GPU adapter');
+    }
     this.log.info({ model: k, engine: pool.engineName, workers: pool.size, threads: this.opts.threads, ms: Math.round(performance.now() - started) }, 'model loaded');
     return { manifest, dir, pool, batcher };
   }

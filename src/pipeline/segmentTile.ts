@@ -1,5 +1,4 @@
-import { TileStatus, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
-import { decodeImage, encodeMaskPng, InvalidImageError, PixelLimitError, resizeLabels, resizeRgb, type RgbImage } from '../imaging/decode.js';
+import { checkPixelLimit, decodeImage, InvalidImageError, resizeLabels, resizeRgb, scaledSize, type RgbImage } from '../imaging/decode.js';
 import { tissueMaskInto } from '../imaging/tissue.js';
 import { extractWindow, planWindows, WINDOW_OVERLAP } from '../imaging/windows.js';
 import { Blender, classFractions } from '../imaging/blend.js';
@@ -10,6 +9,27 @@ import type { SlideStain } from './slideStain.js';
 
 /** Relative mpp difference below which a tile is taken at the model's scale as it is. */
 const MPP_TOLERANCE = 0.02;
+
+/**
+ * The microns per pixel a tile may claim (0 means "at the model's scale"). Brightfield scanners range from about
+ * 0.1 um/px (100X) to a few um/px for thumbnails; outside these bounds the value is a mistake, not a scale.
+ */
+export const MPP_RANGE = { min: 0.01, max: 1000 } as const;
+
+/** Why a tile's mpp cannot be used, or undefined when it can. */
+export function mppProblem(mpp: number): string | undefined {
+  if (!Number.isFinite(mpp)) return `mpp must be a finite number, got ${mpp}`;
+  if (mpp < 0) return `mpp must not be negative, got ${mpp}`;
+  if (mpp !== 0 && (mpp < MPP_RANGE.min || mpp > MPP_RANGE.max)) {
+    return `mpp must be 0 (tile already at the model's scale) or between ${MPP_RANGE.min} and ${MPP_RANGE.max} microns per pixel, got ${mpp}`;
+  }
+  return undefined;
+}
+
+/** The factor a tile is resampled by to reach the model's scale; 1 when it is taken as it is. */
+function tileScale(mpp: number, modelMpp: number): number {
+  return mpp > 0 && Math.abs(mpp - modelMpp) / modelMpp > MPP_TOLERANCE ? mpp / modelMpp : 1;
+}
 
 export interface TileLimits {
   maxPixels: number;
@@ -25,19 +45,41 @@ export interface StreamContext {
   readonly signal: AbortSignal;
 }
 
-export class TooManyPixelsError extends Error {}
+/**
+ * A tile as the pipeline sees it: encoded image bytes (what a client sends) or decoded RGB (what a local caller
+ * that read the slide itself has), and their scale. Ids and places are the caller's.
+ */
+export type TileInput = {
+  /** Microns per pixel; 0 = already at the model's scale. */
+  readonly mpp: number;
+} & ({ readonly image: Uint8Array; readonly rgb?: undefined } | { readonly rgb: RgbImage; readonly image?: undefined });
 
-/** A background answer's mask PNG depends only on its size: cache a few. */
-const zeroMasks = new Map<string, Promise<Buffer>>();
-function zeroMaskPng(width: number, height: number): Promise<Buffer> {
-  const k = `${width}x${height}`;
-  let p = zeroMasks.get(k);
-  if (!p) {
-    if (zeroMasks.size >= 64) zeroMasks.delete(zeroMasks.keys().next().value!);
-    p = encodeMaskPng(new Uint8Array(width * height), width, height);
-    zeroMasks.set(k, p);
-  }
-  return p;
+export type TileOutcome = 'segmented' | 'background' | 'invalid';
+
+/** What segmenting one tile gives, with nothing of the wire in it. */
+export interface TileResult {
+  readonly status: TileOutcome;
+  /** Why the tile is invalid; '' otherwise. */
+  readonly error: string;
+  /** The tile's own size (the label map's); 0 for an invalid tile. */
+  readonly width: number;
+  readonly height: number;
+  /**
+   * One class index per pixel, width x height, row-major: all 0 for background, empty for invalid. It may be a
+   * pooled buffer: valid until release(), which hands it back (calling release is optional; never twice).
+   */
+  readonly labels: Uint8Array;
+  /** Tile-level class probabilities (the classifier's softmax, averaged over windows); one-hot class 0 for background. */
+  readonly probabilities: number[];
+  /** Share of the tile's pixels in each class. */
+  readonly fractions: number[];
+  /** Share of the tile that is tissue (App. B.1 mask), at the model's scale. */
+  readonly tissueFraction: number;
+  /** argmax of probabilities. */
+  readonly predictedClass: number;
+  /** Longest queue wait and engine time over the tile's windows (0 when the model was not run). */
+  readonly timings: { readonly queueSeconds: number; readonly computeSeconds: number };
+  release(): void;
 }
 
 function softmaxInto(logits: Float32Array, out: Float64Array, weight: number): void {
@@ -48,9 +90,6 @@ function softmaxInto(logits: Float32Array, out: Float64Array, weight: number): v
   for (let i = 0; i < logits.length; i++) sum += e[i] = Math.exp(logits[i] - max);
   for (let i = 0; i < logits.length; i++) out[i] += (weight * e[i]) / sum;
 }
-
-/** The tile path's buffers (decoded, tissue mask, normalised, labels), shared by all streams. */
-export const tileBuffers = new BytePool();
 
 // Scratch for the one-window labels: used synchronously, so one of each serves every tile.
 let smallLabels = new Uint8Array(0);
@@ -126,154 +165,176 @@ function upsampleLogits(logits: Float32Array, C: number, m: number, n: number): 
   return out;
 }
 
-function base(tile: Tile, model: LoadedModel): SegmentTilesResponse {
-  return {
-    tileId: tile.tileId,
-    status: TileStatus.TILE_STATUS_UNSPECIFIED,
-    mask: Buffer.alloc(0),
-    classProbabilities: [],
-    classFractions: [],
-    tissueFraction: 0,
-    modelVersion: model.manifest.version,
-    modelName: model.manifest.name,
-    error: '',
-    x: tile.x,
-    y: tile.y,
-    width: 0,
-    height: 0,
-    predictedClass: 0,
-    queueSeconds: 0,
-    computeSeconds: 0,
-  };
-}
-
-export function invalid(tile: Tile, model: LoadedModel, error: string): SegmentTilesResponse {
-  return { ...base(tile, model), status: TileStatus.TILE_STATUS_INVALID, error };
-}
 
 /**
- * One tile, from encoded bytes to its answer. Bad images become INVALID answers; only a tile over the pixel
- * limit throws (TooManyPixelsError), because the stream then ends with RESOURCE_EXHAUSTED.
+ * The tile path, wire-free: encoded bytes in, a TileResult out. It owns the byte pool its tiles' buffers
+ * (decoded, tissue mask, normalised, labels) come from, shared by every tile it segments.
  */
-export async function processTile(tile: Tile, ctx: StreamContext, limits: TileLimits): Promise<SegmentTilesResponse> {
-  const { model } = ctx;
-  if (!Number.isFinite(tile.mpp) || tile.mpp < 0) return invalid(tile, model, `mpp must be a finite number >= 0, got ${tile.mpp}`);
-  if (tile.image.length === 0) return invalid(tile, model, 'image is empty');
-  // Every pooled buffer this tile takes goes back when its answer is built (or it fails): nothing outlives it.
-  const taken: Uint8Array[] = [];
-  const take = (length: number): Uint8Array => {
-    const b = tileBuffers.acquire(length);
-    taken.push(b);
-    return b;
-  };
-  // Until its windows are queued, this tile tells the batcher that more work is coming (Batcher.prepare).
-  const queued = model.batcher.prepare();
-  try {
-    return await segment(tile, ctx, limits, take, queued);
-  } finally {
-    queued();
-    for (const b of taken) tileBuffers.release(b);
-  }
-}
+export class TilePipeline {
+  readonly buffers = new BytePool();
 
-async function segment(
-  tile: Tile,
-  ctx: StreamContext,
-  limits: TileLimits,
-  take: (length: number) => Uint8Array,
-  queued: () => void,
-): Promise<SegmentTilesResponse> {
-  const { model } = ctx;
-  const manifest = model.manifest;
-  let img: RgbImage;
-  try {
-    img = await decodeImage(tile.image, { maxPixels: limits.maxPixels }, take);
-  } catch (err) {
-    if (err instanceof PixelLimitError) throw new TooManyPixelsError(err.message);
-    if (err instanceof InvalidImageError) return invalid(tile, model, err.message);
-    throw err;
-  }
-  const { width, height } = img;
-  const C = manifest.classes.length;
-  const size = manifest.inputSize;
+  constructor(readonly limits: TileLimits) {}
 
-  // Bring the tile to the model's scale (1.25X in the paper); the mask goes back to the tile's own size.
-  let work = img;
-  if (tile.mpp > 0 && Math.abs(tile.mpp - manifest.mpp) / manifest.mpp > MPP_TOLERANCE) {
-    const s = tile.mpp / manifest.mpp;
-    work = await resizeRgb(img, Math.max(1, Math.round(width * s)), Math.max(1, Math.round(height * s)));
+  /**
+   * One tile, from encoded bytes (or RGB) to its labels. Bad input (an unreadable or corrupt image, a bad mpp, a tile
+   * over the pixel limit as decoded or after resampling) becomes an INVALID result saying why; what throws is a bug
+   * or a stopped pipeline.
+   */
+  async segmentTile(tile: TileInput, ctx: StreamContext): Promise<TileResult> {
+    const mppError = mppProblem(tile.mpp);
+    if (mppError) return invalidResult(mppError);
+    if (tile.image?.length === 0) return invalidResult('image is empty');
+    // Every pooled buffer this tile takes goes back when it is done (or fails), except the labels it returns.
+    const taken: Uint8Array[] = [];
+    const take = (length: number): Uint8Array => {
+      const b = this.buffers.acquire(length);
+      taken.push(b);
+      return b;
+    };
+    // Until its windows are queued, this tile tells the batcher that more work is coming (Batcher.prepare).
+    const queued = ctx.model.batcher.prepare();
+    let result: TileResult | undefined;
+    try {
+      result = await this.segment(tile, ctx, take, queued);
+      return result;
+    } finally {
+      queued();
+      for (const b of taken) if (b !== result?.labels) this.buffers.release(b);
+    }
   }
-  const pixels = work.width * work.height;
-  const tissue = take(pixels);
-  const tissueFraction = tissueMaskInto(work.data, work.width, work.height, tissue) / pixels;
 
-  if (tissueFraction < ctx.minTissueFraction) {
-    // Background answers at once, without the model: all class 0, and a one-hot class 0 for the classifier.
-    const probs = new Array<number>(C).fill(0);
-    probs[0] = 1;
+  private result(fields: Omit<TileResult, 'release'>): TileResult {
+    let released = false;
     return {
-      ...base(tile, model),
-      status: TileStatus.TILE_STATUS_BACKGROUND,
-      mask: ctx.omitMask ? Buffer.alloc(0) : await zeroMaskPng(width, height),
-      classProbabilities: probs,
-      classFractions: probs.slice(),
-      tissueFraction,
-      width,
-      height,
+      ...fields,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.buffers.release(fields.labels);
+      },
     };
   }
 
-  let rgb = work.data;
-  if (ctx.stain) rgb = ctx.stain.normalize(rgb, pixels, tissue, take(pixels * 3));
-  const normalized: RgbImage = { data: rgb, width: work.width, height: work.height };
+  private async segment(tile: TileInput, ctx: StreamContext, take: (length: number) => Uint8Array, queued: () => void): Promise<TileResult> {
+    const { model } = ctx;
+    const manifest = model.manifest;
+    const C = manifest.classes.length;
+    const scale = tileScale(tile.mpp, manifest.mpp);
+    let img: RgbImage;
+    try {
+      // The pixel limit holds on the decoded size and on the size after resampling, both checked before decoding.
+      if (tile.rgb) {
+        img = tile.rgb;
+        const px = img.width * img.height;
+        if (!(img.width >= 1 && img.height >= 1 && img.data.length === px * 3)) throw new InvalidImageError(`RGB tile of ${img.data.length} bytes is not ${img.width}x${img.height}x3`);
+        checkPixelLimit(img, this.limits.maxPixels, scale);
+      } else {
+        img = await decodeImage(tile.image, { maxPixels: this.limits.maxPixels, scale }, take);
+      }
+    } catch (err) {
+      if (err instanceof InvalidImageError) return invalidResult(err.message);
+      throw err;
+    }
+    const { width, height } = img;
+    const size = manifest.inputSize;
 
-  const windows = planWindows(work.width, work.height, size, WINDOW_OVERLAP);
-  // The common case: a tile of exactly one window goes as it is (the batcher copies it), and is not blended.
-  const oneWindow = windows.length === 1 && work.width === size && work.height === size;
-  const pending = windows.map((win) => model.batcher.enqueue(oneWindow ? normalized.data : extractWindow(normalized, win, size), ctx.signal));
-  queued();
-  const results = await Promise.all(pending);
+    // Bring the tile to the model's scale (1.25X in the paper); the labels go back to the tile's own size.
+    let work = img;
+    if (scale !== 1) {
+      const target = scaledSize(width, height, scale);
+      work = await resizeRgb(img, target.width, target.height);
+    }
+    const pixels = work.width * work.height;
+    const tissue = take(pixels);
+    const tissueFraction = tissueMaskInto(work.data, work.width, work.height, tissue) / pixels;
 
-  const probs = new Float64Array(C);
-  let queueSeconds = 0;
-  let computeSeconds = 0;
-  for (let i = 0; i < windows.length; i++) {
-    softmaxInto(results[i].cls, probs, 1 / windows.length);
-    queueSeconds = Math.max(queueSeconds, results[i].queueSeconds);
-    computeSeconds = Math.max(computeSeconds, results[i].computeSeconds);
-  }
-  let labels: Uint8Array;
-  let counts: Float64Array | undefined;
-  if (oneWindow) {
-    labels = take(size * size);
-    counts = new Float64Array(C);
-    labelOneWindow(results[0].mask, C, results[0].maskSize, size, tissue, labels, counts);
-  } else {
-    const blender = new Blender(work.width, work.height, C, size);
-    for (let i = 0; i < windows.length; i++) blender.add(windows[i], upsampleLogits(results[i].mask, C, results[i].maskSize, size), 0);
-    labels = blender.labels();
-    // Glass is background whatever the model says: the tissue mask is the paper's own foreground rule (App. B.1).
-    for (let i = 0; i < labels.length; i++) if (tissue[i] === 0) labels[i] = 0;
-  }
-  if (work.width !== width || work.height !== height) {
-    labels = await resizeLabels(labels, work.width, work.height, width, height);
-    counts = undefined;
-  }
-  const fractions = counts ? Array.from(counts, (c) => c / labels.length) : classFractions(labels, C);
+    if (tissueFraction < ctx.minTissueFraction) {
+      // Background answers at once, without the model: all class 0, and a one-hot class 0 for the classifier.
+      const probs = new Array<number>(C).fill(0);
+      probs[0] = 1;
+      const labels = take(width * height).fill(0);
+      return this.result({
+        status: 'background',
+        error: '',
+        width,
+        height,
+        labels,
+        probabilities: probs,
+        fractions: probs.slice(),
+        tissueFraction,
+        predictedClass: 0,
+        timings: { queueSeconds: 0, computeSeconds: 0 },
+      });
+    }
 
-  let predicted = 0;
-  for (let c = 1; c < C; c++) if (probs[c] > probs[predicted]) predicted = c;
+    let rgb = work.data;
+    if (ctx.stain) rgb = ctx.stain.normalize(rgb, pixels, tissue, take(pixels * 3));
+    const normalized: RgbImage = { data: rgb, width: work.width, height: work.height };
+
+    const windows = planWindows(work.width, work.height, size, WINDOW_OVERLAP);
+    // The common case: a tile of exactly one window goes as it is (the batcher copies it), and is not blended.
+    const oneWindow = windows.length === 1 && work.width === size && work.height === size;
+    const pending = windows.map((win) => model.batcher.enqueue(oneWindow ? normalized.data : extractWindow(normalized, win, size), ctx.signal));
+    queued();
+    const results = await Promise.all(pending);
+
+    const probs = new Float64Array(C);
+    let queueSeconds = 0;
+    let computeSeconds = 0;
+    for (let i = 0; i < windows.length; i++) {
+      softmaxInto(results[i].cls, probs, 1 / windows.length);
+      queueSeconds = Math.max(queueSeconds, results[i].queueSeconds);
+      computeSeconds = Math.max(computeSeconds, results[i].computeSeconds);
+    }
+    let labels: Uint8Array;
+    let counts: Float64Array | undefined;
+    if (oneWindow) {
+      labels = take(size * size);
+      counts = new Float64Array(C);
+      labelOneWindow(results[0].mask, C, results[0].maskSize, size, tissue, labels, counts);
+    } else {
+      const blender = new Blender(work.width, work.height, C, size);
+      for (let i = 0; i < windows.length; i++) blender.add(windows[i], upsampleLogits(results[i].mask, C, results[i].maskSize, size), 0);
+      labels = blender.labels();
+      // Glass is background whatever the model says: the tissue mask is the paper's own foreground rule (App. B.1).
+      for (let i = 0; i < labels.length; i++) if (tissue[i] === 0) labels[i] = 0;
+    }
+    if (work.width !== width || work.height !== height) {
+      labels = await resizeLabels(labels, work.width, work.height, width, height);
+      counts = undefined;
+    }
+    const fractions = counts ? Array.from(counts, (c) => c / labels.length) : classFractions(labels, C);
+
+    let predicted = 0;
+    for (let c = 1; c < C; c++) if (probs[c] > probs[predicted]) predicted = c;
+    return this.result({
+      status: 'segmented',
+      error: '',
+      width,
+      height,
+      labels,
+      probabilities: Array.from(probs),
+      fractions,
+      tissueFraction,
+      predictedClass: predicted,
+      timings: { queueSeconds, computeSeconds },
+    });
+  }
+}
+
+/** An INVALID result: the reason, and no labels. */
+export function invalidResult(error: string): TileResult {
   return {
-    ...base(tile, model),
-    status: TileStatus.TILE_STATUS_SEGMENTED,
-    mask: ctx.omitMask ? Buffer.alloc(0) : await encodeMaskPng(labels, width, height),
-    classProbabilities: Array.from(probs),
-    classFractions: fractions,
-    tissueFraction,
-    width,
-    height,
-    predictedClass: predicted,
-    queueSeconds,
-    computeSeconds,
+    status: 'invalid',
+    error,
+    width: 0,
+    height: 0,
+    labels: new Uint8Array(0),
+    probabilities: [],
+    fractions: [],
+    tissueFraction: 0,
+    predictedClass: 0,
+    timings: { queueSeconds: 0, computeSeconds: 0 },
+    release: () => undefined,
   };
 }

@@ -1,6 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import { DEVICES, ENGINE_KINDS } from '../engine/engine.js';
+import { enginePlacement } from '../engine/engineDevices.js';
 
 /**
  * Server configuration, parsed once at start from flags and HISTOSEG_* variables into a frozen object.
@@ -19,17 +20,23 @@ export const ConfigSchema = z
     models: z.string().min(1).default('models'),
     defaultModel: z.string().optional(),
     engine: z.enum(ENGINE_KINDS).default('onnx'),
-    /** onnx engine: where it runs; cuda needs onnxruntime-node's CUDA provider (the GPU image installs it). */
+    /**
+     * Where the engine runs; engine/engineDevices.ts lists the valid (engine, device) pairs. onnx/cuda needs
+     * onnxruntime-node's CUDA provider (the CUDA image installs it); onnx/webgpu runs on Vulkan (docs/gpu.md).
+     */
     device: z.enum(DEVICES).default('cpu'),
+    /** webgpu: accept a software adapter (Mesa's lavapipe); off, such an adapter is refused at start. */
+    allowSoftwareGpu: bool.default(false),
     /** Engine threads; the cores this process really has, so engines don't fight over them. */
     threads: z.coerce.number().int().min(1).max(256).default(availableParallelism()),
     /**
-     * Engine worker threads, the threads above split between them. Unset: one single-threaded engine per thread
-     * on cpu (no intra-op barriers to stall when the cores are shared with decoding: measured 285 vs 262 tiles/s
-     * end to end on 2 cores), one engine on cuda.
+     * Engine worker threads, the threads above split between them. Unset: the engine table's policy: one
+     * single-threaded engine per thread on cpu (no intra-op barriers to stall when the cores are shared with
+     * decoding: measured 285 vs 262 tiles/s end to end on 2 cores), one engine on a GPU.
      */
     workers: z.coerce.number().int().min(1).max(64).optional(),
-    maxBatch: z.coerce.number().int().min(1).max(256).default(16),
+    /** Largest batch. Unset: the engine table's (16 on cpu, 64 on a GPU). */
+    maxBatch: z.coerce.number().int().min(1).max(256).optional(),
     maxDelayMs: z.coerce.number().min(0).max(10_000).default(4),
     /** Windows waiting for the engine, over all streams; a stream's reads pause while it is full. */
     queueCapacity: z.coerce.number().int().min(1).max(1_000_000).default(256),
@@ -43,6 +50,10 @@ export const ConfigSchema = z
     tlsKey: z.string().optional(),
     tlsClientCa: z.string().optional(),
     tokensFile: z.string().optional(),
+    /** Failed token checks a peer address may make before its checks are slowed down (AuthGuard). */
+    authFreeFailures: z.coerce.number().int().min(0).max(1_000_000).default(5),
+    /** The most a slowed-down peer's check waits; the delay doubles per failure from 100 ms up to this. */
+    authMaxDelayMs: z.coerce.number().int().min(0).max(600_000).default(5000),
     drainTimeoutS: z.coerce.number().min(0).max(3600).default(25),
     /**
      * Serve the TrainingService and run jobs here. Serving replicas that share the model repository with a training
@@ -80,6 +91,11 @@ export const ConfigSchema = z
   .superRefine((c, ctx) => {
     if (c.tlsCert && !c.tlsKey) ctx.addIssue({ code: 'custom', path: ['tlsKey'], message: 'required when --tls-cert is set (TLS needs the certificate and its key)' });
     if (c.tlsKey && !c.tlsCert) ctx.addIssue({ code: 'custom', path: ['tlsCert'], message: 'required when --tls-key is set (TLS needs the certificate and its key)' });
+    try {
+      enginePlacement(c.engine, c.device);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', path: ['device'], message: (err as Error).message });
+    }
     if (c.tlsClientCa && !c.tlsCert) ctx.addIssue({ code: 'custom', path: ['tlsClientCa'], message: 'needs --tls-cert and --tls-key: client certificates are checked only over TLS' });
   });
 

@@ -5,7 +5,9 @@ import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
+import { enginePlacement } from '../engine/engineDevices.js';
 import { ModelRegistry } from '../pipeline/modelRegistry.js';
+import { TilePipeline } from '../pipeline/segmentTile.js';
 import { ModelServiceService } from '../proto/gen/histoseg/v1/model.js';
 import { SegmentationServiceService } from '../proto/gen/histoseg/v1/segmentation.js';
 import { TrainingServiceService } from '../proto/gen/histoseg/v1/training.js';
@@ -16,6 +18,7 @@ import { startTelemetryServer } from './httpServer.js';
 import type { Logger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
 import { TokenAuth } from './auth.js';
+import { AUTH_GUARD_DEFAULTS, AuthGuard } from './authGuard.js';
 import type { Config } from './config.js';
 import { modelServiceHandlers } from './modelServiceHandlers.js';
 import { segmentTilesHandler } from './segmentTilesHandler.js';
@@ -51,6 +54,9 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   const auth = config.tokensFile ? TokenAuth.fromFile(config.tokensFile) : undefined;
   const creds = credentials(config);
   if (!auth) log.warn('no tokens file: RPCs are not authenticated (set HISTOSEG_TOKENS_FILE)');
+  const guard = auth
+    ? new AuthGuard(auth, log, metrics, { ...AUTH_GUARD_DEFAULTS, freeFailures: config.authFreeFailures, maxDelayMs: config.authMaxDelayMs })
+    : undefined;
   if (!config.tlsCert) log.warn('TLS is off: tiles travel in clear text (set HISTOSEG_TLS_CERT and HISTOSEG_TLS_KEY)');
 
   const SERVICES = config.training ? [...BASE_SERVICES, 'histoseg.v1.TrainingService'] : BASE_SERVICES;
@@ -59,6 +65,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   let draining = false;
   const telemetry = await startTelemetryServer(config.host, config.metricsPort, metrics.registry, { ready: () => ready && !draining });
 
+  const placement = enginePlacement(config.engine, config.device);
   const registry = new ModelRegistry(
     {
       root: config.models,
@@ -66,8 +73,10 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       engine: config.engine,
       device: config.device,
       threads: config.threads,
-      workers: config.workers ?? (config.device === 'cuda' ? 1 : config.threads),
-      maxBatch: config.maxBatch,
+      workers: config.workers ?? placement.workers(config.threads),
+      batchesPerWorker: placement.batchesPerWorker,
+      allowSoftwareGpu: config.allowSoftwareGpu,
+      maxBatch: config.maxBatch ?? placement.maxBatch,
       maxDelayMs: config.maxDelayMs,
       queueCapacity: config.queueCapacity,
       maxLoadedModels: config.maxLoadedModels,
@@ -85,9 +94,9 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   });
   server.addService(
     SegmentationServiceService,
-    { segmentTiles: segmentTilesHandler({ config, registry, log, metrics, auth, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
+    { segmentTiles: segmentTilesHandler({ config, registry, pipeline: new TilePipeline({ maxPixels: config.maxTilePixels }), log, metrics, auth: guard, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
   );
-  server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, auth, log));
+  server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, { auth: guard, log, metrics }));
   let jobs: JobManager | undefined;
   if (config.training) {
     const store = await ExampleStore.open(config.datasets, {
@@ -126,7 +135,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
     const counts: Record<string, number> = {};
     for (const j of jobs.list()) counts[j.state] = (counts[j.state] ?? 0) + 1;
     for (const state of ['queued', 'running', 'succeeded', 'failed', 'cancelled']) metrics.trainingJobs.set({ state }, counts[state] ?? 0);
-    server.addService(TrainingServiceService, trainingHandlers({ config, jobs, registry, store, log, metrics, auth, draining: () => draining }));
+    server.addService(TrainingServiceService, trainingHandlers({ config, jobs, registry, store, log, metrics, auth: guard, draining: () => draining }));
   }
   health.addToServer(server);
   // Health is described too, so `grpcurl ... grpc.health.v1.Health/Check` works from reflection alone.
@@ -153,7 +162,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   }
   ready = true;
   for (const s of SERVICES) health.setStatus(s, 'SERVING');
-  log.info({ host: config.host, port, metricsPort: telemetry.port, engine: config.engine, tls: !!config.tlsCert, auth: !!auth }, 'serving');
+  log.info({ host: config.host, port, metricsPort: telemetry.port, engine: config.engine, device: config.device, tls: !!config.tlsCert, auth: !!auth }, 'serving');
 
   let shuttingDown: Promise<void> | undefined;
   const shutdown = () =>

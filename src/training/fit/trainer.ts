@@ -1,19 +1,28 @@
 // The paper's joint trainer (Sec. 2.2-2.3, 3.3): segmentation and class patches in one loop, Lcls + Lseg, Adam,
 // per-epoch validation picking the best epoch, checkpoints after every epoch. It takes prepared, normalised items and
 // reports through hooks: no dataset reading and no terminal output here (training/jobs/ and cli/ do those).
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { selectTfBackend } from '../../tf/backend.js';
+import { releaseTfBackend, selectTfBackend, type TfDevice } from '../../tf/backend.js';
 import { registerWasmTrainingKernels } from '../../tf/gradKernels/index.js';
 import type { SegmentationMetrics } from '../../evaluation/metrics.js';
 import { buildSegClsModel, modelNumClasses } from '../../model/network/architecture.js';
 import { importTorchWeights, readSafetensorsFile } from '../../model/network/importWeights.js';
-import { INPUT_SIZE } from '../../util/constants.js';
 import { loadLayersModel, saveLayersModel } from '../../model/network/tfjsIO.js';
-import { type EpochRecord, hasCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import {
+  type EpochRecord,
+  clearCheckpoint,
+  hasCheckpoint,
+  identityDifferences,
+  loadCheckpoint,
+  saveCheckpoint,
+  trainingCodeVersion,
+} from './checkpoint.js';
 import { ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, ADAM_LEARNING_RATE } from './hyperparameters.js';
-import { classWeights, jointLoss } from './losses.js';
+import { classWeights } from './losses.js';
+import { DataParallel } from './dataParallel.js';
+import { trainableVariables, trainStep } from './step.js';
 import { buildBatch, epochOrder, pixelCounts, selectPatches, type Setting, type TrainingItems } from './trainingData.js';
 
 export interface FitOptions {
@@ -36,6 +45,16 @@ export interface FitOptions {
   readonly maxStepsPerEpoch?: number;
   /** What else identifies the run (the data's hash, say): a checkpoint of another identity is not resumed. */
   readonly identity?: Record<string, unknown>;
+  /** Where TF.js trains: cpu (wasm, default) or webgpu; an unavailable device fails, never falls back. */
+  readonly device?: TfDevice;
+  /** webgpu: accept a software adapter (lavapipe). */
+  readonly allowSoftwareGpu?: boolean;
+  /**
+   * cpu: data-parallel training workers (dataParallel.ts), default 1 = train on this thread. Above 1, each batch
+   * is cut into `shards` (default: one per worker) whose gradients are summed.
+   */
+  readonly workers?: number;
+  readonly shards?: number;
 }
 
 export type FitEvent =
@@ -70,30 +89,40 @@ export interface FitResult {
 
 const BEST_DIR = 'best';
 
-/** The variables Adam updates: this model's trainable weights only, in a fixed order (its moments are by position). */
-function trainableVariables(model: tf.LayersModel): tf.Variable[] {
-  return model.trainableWeights.map((w) => w.read() as tf.Variable);
+async function hasBest(workDir: string): Promise<boolean> {
+  return stat(join(workDir, BEST_DIR, 'model.json')).then(
+    () => true,
+    () => false,
+  );
 }
 
-function configKey(o: FitOptions): string {
-  return JSON.stringify({
-    setting: o.setting,
-    segPercent: o.segPercent,
-    seed: o.seed,
-    batchSize: o.batchSize,
-    numClasses: o.numClasses,
-    initWeights: o.initWeights ?? null,
-    baseModel: o.baseModel ?? null,
-    maxStepsPerEpoch: o.maxStepsPerEpoch ?? null,
+/** What a checkpoint must match to be resumed: the settings, the caller's identity (dataset hash) and the code. */
+async function runIdentity(o: FitOptions): Promise<Record<string, unknown>> {
+  return {
+    settings: {
+      setting: o.setting,
+      segPercent: o.segPercent,
+      seed: o.seed,
+      batchSize: o.batchSize,
+      numClasses: o.numClasses,
+      initWeights: o.initWeights ?? null,
+      baseModel: o.baseModel ?? null,
+      maxStepsPerEpoch: o.maxStepsPerEpoch ?? null,
+    },
     ...(o.identity ?? {}),
-  });
+    code: await trainingCodeVersion(),
+  };
 }
 
 export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks = {}): Promise<FitResult> {
   if (!Number.isInteger(o.epochs) || o.epochs < 1) throw new Error(`epochs must be a positive integer, got ${o.epochs}`);
   if (!Number.isInteger(o.batchSize) || o.batchSize < 1) throw new Error(`batch size must be a positive integer, got ${o.batchSize}`);
   hooks.signal?.throwIfAborted();
-  const backend = await selectTfBackend();
+  const device = o.device ?? 'cpu';
+  const workers = o.workers ?? 1;
+  const shards = o.shards ?? workers;
+  if (device !== 'cpu' && (workers > 1 || shards > 1)) throw new Error(`data-parallel workers are for the cpu device; ${device} trains on one thread`);
+  const backend = await selectTfBackend({ device, allowSoftwareGpu: o.allowSoftwareGpu });
   if (backend === 'wasm') registerWasmTrainingKernels();
   const numClasses = o.numClasses;
   await mkdir(o.workDir, { recursive: true });
@@ -109,7 +138,8 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
   const validate = hooks.validate ?? (async () => null);
 
   const optimizer = tf.train.adam(ADAM_LEARNING_RATE, ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON);
-  const config = configKey(o);
+  const identity = await runIdentity(o);
+  const config = JSON.stringify(identity);
   let model: tf.LayersModel;
   let epochsDone = 0;
   let history: EpochRecord[] = [];
@@ -117,14 +147,23 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
   const resumed = o.resume === true && (await hasCheckpoint(o.workDir));
   if (resumed) {
     const ck = await loadCheckpoint(o.workDir, optimizer);
-    if (ck.state.config !== config) {
+    const differences = ck.state.identity ? identityDifferences(ck.state.identity, identity) : ['identity (the checkpoint predates identity checks)'];
+    const bestMissing = ck.state.best !== null && !(await hasBest(o.workDir));
+    if (differences.length > 0 || bestMissing) {
       ck.model.dispose();
       optimizer.dispose();
-      throw new Error(`the checkpoint in ${o.workDir} is from another configuration (${ck.state.config}); use another work folder`);
+      throw new Error(
+        differences.length > 0
+          ? `refusing to resume: the checkpoint in ${o.workDir} is from a different run; it differs in ${differences.join('; ')}. ` +
+              'Run without --resume to start afresh (that clears it), or use another work folder'
+          : `refusing to resume: the checkpoint in ${o.workDir} has no best/ model beside it; run without --resume to start afresh`,
+      );
     }
     model = ck.model;
     ({ epochsDone, history, best } = ck.state);
   } else {
+    // A fresh run starts clean: a previous run's checkpoint must not be resumed later as if it were this one's.
+    await clearCheckpoint(o.workDir);
     await rm(join(o.workDir, BEST_DIR), { recursive: true, force: true });
     model = o.baseModel ? await loadLayersModel(o.baseModel) : buildSegClsModel({ numClasses, seed: o.seed });
     if (modelNumClasses(model) !== numClasses) {
@@ -139,6 +178,7 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
   const stepsPerEpoch = Math.min(Math.ceil(total / o.batchSize), o.maxStepsPerEpoch ?? Infinity);
   hooks.onProgress?.({ kind: 'start', epochsDone, epochs: o.epochs, stepsPerEpoch, resumed });
   const vars = trainableVariables(model);
+  const parallel = workers > 1 || shards > 1 ? await DataParallel.start(workers, numClasses, shards) : undefined;
   let trainSeconds = 0;
   let trainImages = 0;
   let firstStepLoss: number | null = null;
@@ -151,22 +191,8 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
         hooks.signal?.throwIfAborted();
         const refs = order.slice(step * o.batchSize, (step + 1) * o.batchSize);
         const b = buildBatch(items, refs, weights);
-        const x = tf.tensor4d(b.x, [b.n, INPUT_SIZE, INPUT_SIZE, 3]);
-        const segTarget = tf.tensor4d(b.segTarget, [b.n, INPUT_SIZE, INPUT_SIZE, numClasses]);
-        const clsTarget = tf.tensor2d(b.clsTarget, [b.n, numClasses]);
-        let parts: tf.Scalar[] = [];
-        const loss = optimizer.minimize(
-          () => {
-            const [mask, cls] = model.apply(x, { training: true }) as tf.Tensor[];
-            const l = jointLoss(mask!, cls!, segTarget, clsTarget);
-            parts = [tf.keep(l.seg), tf.keep(l.cls)];
-            return l.total;
-          },
-          true,
-          vars,
-        );
-        const [totalV, segV, clsV] = [loss!.dataSync()[0]!, parts[0]!.dataSync()[0]!, parts[1]!.dataSync()[0]!];
-        tf.dispose([loss!, ...parts, x, segTarget, clsTarget]);
+        const l = parallel ? await parallel.step(model, optimizer, vars, b) : await trainStep(model, optimizer, vars, b);
+        const [totalV, segV, clsV] = [l.total, l.seg, l.cls];
         if (!Number.isFinite(totalV)) throw new Error(`loss is ${totalV} at epoch ${epoch + 1}, step ${step + 1}`);
         if (firstStepLoss === null) firstStepLoss = totalV;
         sums.total += totalV;
@@ -198,7 +224,7 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
         best = { epoch: epoch + 1, score };
         await saveLayersModel(model, join(o.workDir, BEST_DIR));
       }
-      await saveCheckpoint(o.workDir, model, optimizer, { epochsDone: epoch + 1, config, best: best!, history });
+      await saveCheckpoint(o.workDir, model, optimizer, { epochsDone: epoch + 1, config, identity, best: best!, history });
       hooks.onProgress?.({ kind: 'epoch', record, epochs: o.epochs, best: isBest, imagesPerSecond: sums.images / seconds });
     }
   } catch (err) {
@@ -206,9 +232,16 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
     throw err;
   } finally {
     optimizer.dispose();
+    await parallel?.close();
   }
   model.dispose();
   if (best === null) throw new Error('no epoch finished');
+  if (backend === 'webgpu') {
+    // The GPU is done: the best weights are read on wasm, where export and checks can read synchronously, and the
+    // device is released so the process can exit.
+    releaseTfBackend();
+    await selectTfBackend({ device: 'cpu' });
+  }
   const bestModel = await loadLayersModel(join(o.workDir, BEST_DIR));
   return {
     model: bestModel,
