@@ -13,7 +13,7 @@ const SRC = fileURLToPath(new URL('../src', import.meta.url));
 const FLOORS: readonly (readonly string[])[] = [
   ['util', 'telemetry', 'proto'],
   ['imaging', 'tf'],
-  ['model'],
+  ['model', 'dicom'],
   ['data', 'engine'],
   ['pipeline', 'synth'],
   ['evaluation'],

@@ -1,12 +1,21 @@
 import { readFileSync } from 'node:fs';
 import { type Command, InvalidArgumentError } from 'commander';
 import cliProgress from 'cli-progress';
+import { writeFile } from 'node:fs/promises';
 import sharp from 'sharp';
 import type { ModelInfo } from '../proto/gen/histoseg/v1/model.js';
-import { openSlide, readSlideRgb } from '../data/slides/slideReader.js';
+import { openDicomWebSlide, openSlide, readSlideRgb, type SlideInfo } from '../data/slides/slideReader.js';
+import { slideRegionSource } from '../data/slides/regionSource.js';
+import { storeInstances, type DicomWebTarget } from '../dicom/dicomweb.js';
+import { buildDicomSeg } from '../data/labels/dicomSeg.js';
+import { segmentationToGeoJson } from '../data/labels/geojson.js';
+import { writeOverlay } from '../data/labels/overlay.js';
+import { resizeLabels } from '../imaging/decode.js';
+import { tissueMask } from '../imaging/tissue.js';
 import { connect, type HistosegClients } from '../client/segmentationClient.js';
 import { remoteSegmenter } from '../client/remoteSegmenter.js';
-import { DEFAULT_SLIDE_TILE, imageSource, segmentSlide, type Region } from '../pipeline/segmentSlide.js';
+import { DEFAULT_SLIDE_TILE, imageSource, segmentSlide, type Region, type SlideSource } from '../pipeline/segmentSlide.js';
+import { slideAreas, type SlideAreas } from '../pipeline/slideSummary.js';
 
 /** Tile side in pixels at the model's scale (pipeline/segmentSlide.ts says why 512). */
 export const DEFAULT_TILE = DEFAULT_SLIDE_TILE;
@@ -18,14 +27,22 @@ const MAX_TILE = 4096;
 export const MAX_STITCH_PIXELS = 0x3fff * 0x3fff;
 /** Tiles read ahead of the stream. */
 const READ_AHEAD = 4;
-/** Opacity of the class colours painted over the image. */
-const OVERLAY_ALPHA = 0.45;
 
 export interface SegmentImageOptions {
   /** host:port of the histoseg server. */
   server: string;
-  /** Slide (SVS, pyramidal TIFF) or image (PNG, JPEG). */
-  image: string;
+  /** Slide (SVS, pyramidal TIFF, DICOM WSI file or series folder) or image (PNG, JPEG); or use `dicomweb`. */
+  image?: string;
+  /** A series on a DICOMweb server instead of `image`. */
+  dicomweb?: DicomWebTarget;
+  /** Send the DICOM SEG back to the DICOMweb server (STOW-RS); needs `dicomweb`. */
+  store?: boolean;
+  /** DICOM Segmentation to write (a DICOM source only), at the model's scale. */
+  dicomSeg?: string;
+  /** TILED_FULL (default) or TILED_SPARSE frames in the SEG. */
+  segOrganization?: 'TILED_FULL' | 'TILED_SPARSE';
+  /** QuPath GeoJSON to write, level-0 pixel coordinates. */
+  geojson?: string;
   /** Level-0 microns per pixel; default: what the file states (Aperio "MPP ="). 0 = the model's own scale. */
   mpp?: number;
   /** Tile side in pixels at the model's scale (default DEFAULT_TILE). */
@@ -48,6 +65,10 @@ export interface ClassShare {
   /** Pixels of this class at the model's scale, over the tiles that were answered (not INVALID). */
   pixels: number;
   share: number;
+  /** Area in mm² (null when the scale is unknown). */
+  areaMm2: number | null;
+  /** Share of the tissue alone (glass left out). */
+  tissueShare: number;
 }
 
 export interface SegmentSummary {
@@ -60,8 +81,20 @@ export interface SegmentSummary {
   classes: ClassShare[];
   /** INVALID tiles, by level-0 place, with the server's reason. */
   invalid: { x: number; y: number; error: string }[];
+  tissue: SlideAreas['tissue'];
+  glass: SlideAreas['glass'];
+  /** One class for the slide (pipeline/slideSummary.ts says the rule). */
+  slideClass: { index: number; name: string; rule: string };
+  /** Which pyramid level the tiles were read from, and how many were glass at the coarsest level and not read. */
+  read: { format: string; level: number; skippedGlassTiles: number };
   mask?: string;
   overlay?: string;
+  dicomSeg?: string;
+  geojson?: string;
+  /** Over DICOMweb: what travelled (metadata and frames), before any STOW. */
+  fetched?: { bytes: number; frames: number; requests: number };
+  /** The SEG's identity when it was stored over DICOMweb. */
+  stored?: { studyInstanceUid: string; seriesInstanceUid: string; sopInstanceUid: string };
 }
 
 export function parseModelRef(ref: string | undefined): { name: string; version: string } {
@@ -83,13 +116,6 @@ export function readTokenFile(path: string): string {
   return fields[fields.length - 1]!;
 }
 
-/** "#rrggbb" -> [r, g, b]. */
-function parseColor(hex: string): [number, number, number] {
-  const m = /^#?([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(hex);
-  if (!m) return [0, 0, 0];
-  return [parseInt(m[1]!, 16), parseInt(m[2]!, 16), parseInt(m[3]!, 16)];
-}
-
 function getModel(clients: HistosegClients, name: string, version: string): Promise<ModelInfo> {
   return new Promise((resolve, reject) =>
     clients.models.getModel({ name, version }, clients.metadata(), (err, res) => {
@@ -100,28 +126,6 @@ function getModel(clients: HistosegClients, name: string, version: string): Prom
   );
 }
 
-async function writeOverlay(path: string, image: string, labels: Uint8Array, width: number, height: number, classes: ModelInfo['classes']): Promise<void> {
-  const colors = classes.map((c) => parseColor(c.color));
-  const alpha = Math.round(OVERLAY_ALPHA * 255);
-  const layer = Buffer.alloc(width * height * 4);
-  for (let i = 0; i < labels.length; i++) {
-    const k = labels[i]!;
-    // Class 0 is normal tissue and glass (paper, "Task"): left unpainted so the slide shows through.
-    if (k === 0 || k >= colors.length) continue;
-    const [r, g, b] = colors[k]!;
-    layer[4 * i] = r;
-    layer[4 * i + 1] = g;
-    layer[4 * i + 2] = b;
-    layer[4 * i + 3] = alpha;
-  }
-  await sharp(image, { page: 0, limitInputPixels: false })
-    .flatten({ background: '#ffffff' })
-    .toColourspace('srgb')
-    .composite([{ input: layer, raw: { width, height, channels: 4 } }])
-    .png()
-    .toFile(path);
-}
-
 /**
  * Segments one slide or image over a single SegmentTiles stream and stitches the answers. The image is read once
  * at the model's scale (from the coarsest pyramid level that is fine enough) and tiled there, so tiles carry
@@ -130,16 +134,26 @@ async function writeOverlay(path: string, image: string, labels: Uint8Array, wid
 export async function segmentImage(opts: SegmentImageOptions): Promise<SegmentSummary> {
   const tile = opts.tile ?? DEFAULT_TILE;
   if (!Number.isInteger(tile) || tile < MIN_TILE || tile > MAX_TILE) throw new Error(`--tile must be an integer in ${MIN_TILE}..${MAX_TILE}, got ${tile}`);
-  const slide = await openSlide(opts.image);
+  if (!!opts.image === !!opts.dicomweb) throw new Error('give either --image or --dicomweb (with --study and --series)');
+  if (opts.store && !opts.dicomweb) throw new Error('--store sends the SEG back to the DICOMweb server: it needs --dicomweb');
+  const web = opts.dicomweb ? await openDicomWebSlide(opts.dicomweb) : null;
+  const slide: SlideInfo = web ?? (await openSlide(opts.image!));
+  const where = opts.image ?? `${opts.dicomweb!.url} study ${opts.dicomweb!.study} series ${opts.dicomweb!.series}`;
+  if ((opts.dicomSeg || opts.store) && slide.format !== 'dicom') {
+    throw new Error(`${where} is not a DICOM slide: a DICOM SEG takes its patient, study and frame of reference from a DICOM source (write --geojson or --out instead)`);
+  }
   const { width, height } = slide;
   const mpp = opts.mpp ?? slide.mpp;
   if (mpp === null || mpp === undefined) {
-    throw new Error(`${opts.image} does not state its microns per pixel: pass --mpp (the level-0 um/px), or --mpp 0 if it is already at the model's scale`);
+    throw new Error(`${where} does not state its microns per pixel: pass --mpp (the level-0 um/px), or --mpp 0 if it is already at the model's scale`);
   }
   if (!Number.isFinite(mpp) || mpp < 0) throw new Error(`--mpp must be a number >= 0, got ${mpp}`);
-  const wantMask = !!(opts.out || opts.overlay);
-  if (wantMask && width * height > MAX_STITCH_PIXELS) {
-    throw new Error(`${opts.image} is ${width}x${height}: over ${MAX_STITCH_PIXELS} pixels, too large to stitch into one PNG; run without --out/--overlay for the summary`);
+  const wantFullSize = !!(opts.out || opts.overlay);
+  if (wantFullSize && width * height > MAX_STITCH_PIXELS) {
+    throw new Error(
+      `${where} is ${width}x${height}: over ${MAX_STITCH_PIXELS} pixels, too large to stitch into one full-size PNG; ` +
+        "--dicom-seg and --geojson write the label map of a slide of any size (at the model's scale), and the summary needs neither",
+    );
   }
   const { name, version } = parseModelRef(opts.model);
 
@@ -150,42 +164,109 @@ export async function segmentImage(opts: SegmentImageOptions): Promise<SegmentSu
     const scale = mpp > 0 ? mpp / model.mpp : 1;
     const mw = Math.max(1, Math.round(width * scale));
     const mh = Math.max(1, Math.round(height * scale));
-    const img = await readSlideRgb(slide, mw, mh);
+    // sharp reads JPEG-tiled TIFF/SVS and plain images whole at the model's scale; DICOM and JPEG 2000 slides are
+    // read region by region, skipping what the coarsest level shows to be glass.
+    let base: SlideSource;
+    let regionInfo = { level: 0, skipped: () => 0 };
+    if (slide.format === 'tiff') {
+      base = imageSource(await readSlideRgb(slide, mw, mh));
+    } else {
+      const src = await slideRegionSource(slide, mw, mh, { skipGlass: true });
+      base = src;
+      regionInfo = { level: src.level, skipped: () => src.skipped };
+    }
+    // The paper's tissue mask (App. B.1), tile by tile as the tiles are read: glass apart from class-0 tissue.
+    const tissue = new Uint8Array(mw * mh);
+    const source: SlideSource = {
+      width: mw,
+      height: mh,
+      read: async (r) => {
+        const rgb = await base.read(r);
+        const m = tissueMask(rgb.data, r.width, r.height);
+        for (let y = 0; y < r.height; y++) tissue.set(m.subarray(y * r.width, (y + 1) * r.width), (r.top + y) * mw + r.left);
+        return rgb;
+      },
+    };
     // Tiles carry their level-0 place, which the server echoes back.
     const level0 = (r: Region) => ({ x: Math.round(r.left / scale), y: Math.round(r.top / scale) });
-    const result = await segmentSlide(imageSource(img), remoteSegmenter(clients, model, (t) => level0(t.region)), {
+    const result = await segmentSlide(source, remoteSegmenter(clients, model, (t) => level0(t.region)), {
       numClasses: C,
       tile,
-      wantLabels: wantMask,
+      wantLabels: true,
       readAhead: READ_AHEAD,
       onProgress: opts.onProgress,
     });
-    const { tiles, labels } = result;
+    const { tiles } = result;
+    const labels = result.labels!;
     const invalid = result.invalid.map((t) => ({ ...level0(t.region), error: t.error }));
     const counts = result.pixels;
     const answered = counts.reduce((s, c) => s + c, 0);
+    let answeredMask: Uint8Array | null = null;
+    if (result.invalid.length > 0) {
+      answeredMask = new Uint8Array(mw * mh).fill(1);
+      for (const { region: r } of result.invalid) for (let y = 0; y < r.height; y++) answeredMask.fill(0, (r.top + y) * mw + r.left, (r.top + y) * mw + r.left + r.width);
+    }
+    const areas = slideAreas(labels, tissue, C, mpp > 0 ? model.mpp : 0, answeredMask);
     const summary: SegmentSummary = {
       model: { name: model.name, version: model.version, trained: model.trained },
-      image: { path: opts.image, width, height, mpp },
+      image: { path: where, width, height, mpp },
       modelScale: { width: mw, height: mh, mpp: mpp > 0 ? model.mpp : 0 },
       tileSize: tile,
       tiles,
-      classes: model.classes.map((c, k) => ({ index: c.index, name: c.name, color: c.color, pixels: Math.round(counts[k]!), share: answered > 0 ? counts[k]! / answered : 0 })),
+      classes: model.classes.map((c, k) => ({
+        index: c.index,
+        name: c.name,
+        color: c.color,
+        pixels: Math.round(counts[k]!),
+        share: answered > 0 ? counts[k]! / answered : 0,
+        areaMm2: areas.classes[k]!.areaMm2,
+        tissueShare: areas.classes[k]!.tissueShare,
+      })),
       invalid,
+      tissue: areas.tissue,
+      glass: areas.glass,
+      slideClass: { ...areas.slideClass, name: model.classes[areas.slideClass.index]?.name ?? '' },
+      read: { format: slide.format, level: regionInfo.level, skippedGlassTiles: regionInfo.skipped() },
     };
-    if (labels) {
+    const classes = model.classes.map((c) => ({ name: c.name, color: c.color }));
+    if (web) summary.fetched = { bytes: web.source.bytesFetched, frames: web.source.framesFetched, requests: web.source.requests };
+    if (opts.geojson) {
+      await writeFile(opts.geojson, JSON.stringify(segmentationToGeoJson(labels, mw, mh, classes, { toLevel0: [width / mw, height / mh] })));
+      summary.geojson = opts.geojson;
+    }
+    if (opts.dicomSeg || opts.store) {
+      const dicom = slide.dicom!;
+      const L0 = dicom.levels[0]!;
+      const spacing0 = L0.pixelSpacing ?? [mpp / 1000, mpp / 1000];
+      const read = dicom.levels[regionInfo.level] ?? L0;
+      const seg = buildDicomSeg({
+        labels,
+        width: mw,
+        height: mh,
+        classes,
+        pixelSpacing: [(spacing0[0] * height) / mh, (spacing0[1] * width) / mw],
+        source: L0.instances[0]!.dataset,
+        sourceInstances: read.instances.map((i) => ({ sopClassUid: String(i.dataset.SOPClassUID), sopInstanceUid: i.sopInstanceUid })),
+        algorithm: { name: model.name, version: model.version },
+        organization: opts.segOrganization,
+      });
+      if (opts.dicomSeg) {
+        await writeFile(opts.dicomSeg, seg);
+        summary.dicomSeg = opts.dicomSeg;
+      }
+      if (opts.store) summary.stored = await storeInstances(opts.dicomweb!, [seg]);
+    }
+    if (wantFullSize) {
       // Nearest neighbour: labels are categories, never blended.
-      const full =
-        mw === width && mh === height
-          ? labels
-          : (await sharp(labels, { raw: { width: mw, height: mh, channels: 1 } }).resize(width, height, { kernel: 'nearest', fit: 'fill' }).extractChannel(0).raw().toBuffer());
+      const full = mw === width && mh === height ? labels : await resizeLabels(labels, mw, mh, width, height);
       if (opts.out) {
         // b-w, or sharp 0.35 widens the single channel to sRGB on the way out.
         await sharp(full, { raw: { width, height, channels: 1 } }).toColourspace('b-w').png().toFile(opts.out);
         summary.mask = opts.out;
       }
       if (opts.overlay) {
-        await writeOverlay(opts.overlay, opts.image, full, width, height, model.classes);
+        const fullTissue = mw === width && mh === height ? tissue : await resizeLabels(tissue, mw, mh, width, height);
+        await writeOverlay(opts.overlay, await readSlideRgb(slide, width, height), full, fullTissue, classes);
         summary.overlay = opts.overlay;
       }
     }
@@ -202,12 +283,19 @@ export function formatSummary(s: SegmentSummary): string {
     `image    ${s.image.path}  ${s.image.width}x${s.image.height} at ${s.image.mpp || "the model's"} um/px`,
     `tiled    ${s.modelScale.width}x${s.modelScale.height} at the model's scale, in ${s.tileSize}px tiles`,
     `tiles    ${s.tiles.total}: ${s.tiles.segmented} segmented, ${s.tiles.background} background, ${s.tiles.invalid} invalid`,
-    "classes  share of the answered area (at the model's scale)",
-    ...s.classes.map((c) => `  ${String(c.index).padStart(2)} ${c.name.padEnd(12)} ${pct(c.share).padStart(6)}  ${c.color}`),
+    `tissue   ${pct(s.tissue.share)} of the answered area${s.tissue.areaMm2 !== null ? `, ${s.tissue.areaMm2.toFixed(2)} mm²` : ''}`,
+    "classes  share of the answered area, share of the tissue, area (at the model's scale)",
+    ...s.classes.map(
+      (c) => `  ${String(c.index).padStart(2)} ${c.name.padEnd(12)} ${pct(c.share).padStart(6)} ${pct(c.tissueShare).padStart(6)}${c.areaMm2 !== null ? ` ${c.areaMm2.toFixed(3).padStart(9)} mm²` : ''}  ${c.color}`,
+    ),
+    `slide    ${s.slideClass.name} (${s.slideClass.rule})`,
     ...s.invalid.slice(0, 10).map((t) => `invalid tile at ${t.x},${t.y}: ${t.error}`),
     ...(s.invalid.length > 10 ? [`... and ${s.invalid.length - 10} more invalid tiles`] : []),
     ...(s.mask ? [`mask     ${s.mask}`] : []),
     ...(s.overlay ? [`overlay  ${s.overlay}`] : []),
+    ...(s.dicomSeg ? [`seg      ${s.dicomSeg}`] : []),
+    ...(s.geojson ? [`geojson  ${s.geojson}`] : []),
+    ...(s.stored ? [`stored   SEG series ${s.stored.seriesInstanceUid} in study ${s.stored.studyInstanceUid}`] : []),
   ];
   return lines.join('\n') + '\n';
 }
@@ -222,7 +310,15 @@ function parseNumber(min: number, integer: boolean) {
 
 interface SegmentFlags {
   server: string;
-  image: string;
+  image?: string;
+  dicomweb?: string;
+  study?: string;
+  series?: string;
+  store?: boolean;
+  dicomwebTokenFile?: string;
+  dicomSeg?: string;
+  segTiling: string;
+  geojson?: string;
   mpp?: number;
   tile: number;
   out?: string;
@@ -238,7 +334,15 @@ export function registerSegment(program: Command): void {
     .command('segment')
     .description('segment a slide or image on a histoseg server: one stream of tiles, stitched into a label mask')
     .requiredOption('--server <host:port>', 'histoseg server address')
-    .requiredOption('--image <file>', 'slide (SVS, pyramidal TIFF) or image (PNG, JPEG)')
+    .option('--image <file>', 'slide (SVS incl. JPEG 2000, pyramidal TIFF, DICOM WSI file or series folder) or image (PNG, JPEG)')
+    .option('--dicomweb <url>', 'DICOMweb root of a PACS (e.g. http://pacs/dicom-web) to read the slide from, with --study and --series')
+    .option('--study <uid>', 'StudyInstanceUID of the slide on the DICOMweb server')
+    .option('--series <uid>', 'SeriesInstanceUID of the slide on the DICOMweb server')
+    .option('--store', 'send the DICOM SEG back to the DICOMweb server (STOW-RS)')
+    .option('--dicomweb-token-file <file>', 'file with a bearer token for the DICOMweb server')
+    .option('--dicom-seg <file.dcm>', "write a DICOM Segmentation (DICOM sources), at the model's scale")
+    .option('--seg-tiling <full|sparse>', 'SEG frames: TILED_FULL (all tiles) or TILED_SPARSE (non-empty tiles only)', 'full')
+    .option('--geojson <file>', 'write QuPath GeoJSON (one feature per region, level-0 pixel coordinates)')
     .option('--mpp <um>', 'level-0 microns per pixel (default: from the file; 0 = already at the model scale)', parseNumber(0, false))
     .option('--tile <px>', `tile side in pixels at the model's scale (${MIN_TILE}..${MAX_TILE})`, parseNumber(MIN_TILE, true), DEFAULT_TILE)
     .option('--out <png>', 'write the label mask (8-bit, pixel = class index, the image size)')
@@ -253,9 +357,18 @@ export function registerSegment(program: Command): void {
         : undefined;
       let started = false;
       try {
+        if (flags.segTiling !== 'full' && flags.segTiling !== 'sparse') throw new InvalidArgumentError(`--seg-tiling must be full or sparse, got ${flags.segTiling}`);
+        if (flags.dicomweb && (!flags.study || !flags.series)) throw new InvalidArgumentError('--dicomweb needs --study and --series');
         const summary = await segmentImage({
           server: flags.server,
           image: flags.image,
+          dicomweb: flags.dicomweb
+            ? { url: flags.dicomweb, study: flags.study!, series: flags.series!, token: flags.dicomwebTokenFile ? readTokenFile(flags.dicomwebTokenFile) : undefined }
+            : undefined,
+          store: flags.store,
+          dicomSeg: flags.dicomSeg,
+          segOrganization: flags.segTiling === 'sparse' ? 'TILED_SPARSE' : 'TILED_FULL',
+          geojson: flags.geojson,
           mpp: flags.mpp,
           tile: flags.tile,
           out: flags.out,

@@ -1,7 +1,6 @@
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { EngineUnavailableError } from '../engine/workerPool.js';
 import { InvalidModelRefError, ModelNotFoundError } from '../model/repository.js';
-import { EngineUnavailableError } from '../engine/workerPool.js';
 import { BatcherStoppedError } from '../pipeline/batcher.js';
 import { DatasetError, DatasetNotFoundError, StoreLimitError } from '../data/examples/exampleStore.js';
 import { JobFinishedError, JobNotFoundError, JobQueueFullError } from '../training/jobs/jobManager.js';

@@ -3,6 +3,7 @@
 //   patches/<class name>/*      class-labelled images of any size
 //   slides/<name>.<png|jpg|tif|svs>
 //   masks/<name>.png            8-bit label map at the slide's size, or
+//   masks/<name>.dcm            a DICOM SEG of the slide (any scale; segments matched to classes by label or code), or
 //   annotations/<name>.geojson  QuPath export (level-0 pixels); annotations/<name>.xml (BACH XML) also accepted
 //   dataset.json                optional: mpp and split per slide (DatasetJsonSchema)
 import { copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
@@ -10,6 +11,7 @@ import { basename, extname, join } from 'node:path';
 import sharp, { type Metadata } from 'sharp';
 import { z } from 'zod';
 import { type LabelMap, readLabelMap, writeLabelMap } from '../labels/labelMap.js';
+import { readDicomSeg } from '../labels/dicomSeg.js';
 import { resizeLabels } from '../../imaging/decode.js';
 import {
   checkAnnotationBounds,
@@ -50,10 +52,11 @@ export const DATASET_JSON = 'dataset.json';
 export const CLASSES_TXT = 'classes.txt';
 
 export const PATCH_EXTENSIONS = ['.png', '.jpg', '.jpeg', '.tif', '.tiff', '.webp'] as const;
-export const SLIDE_EXTENSIONS = ['.png', '.jpg', '.jpeg', '.tif', '.tiff', '.svs'] as const;
+export const SLIDE_EXTENSIONS = ['.png', '.jpg', '.jpeg', '.tif', '.tiff', '.svs', '.dcm'] as const;
 
 export type LabelSource =
   | { kind: 'mask'; path: string }
+  | { kind: 'dicom-seg'; path: string }
   | { kind: 'geojson'; path: string }
   | { kind: 'bach-xml'; path: string };
 
@@ -191,12 +194,37 @@ export async function checkLabelSource(
     }
     return;
   }
+  if (source.kind === 'dicom-seg') {
+    await loadDicomSegLabels(source.path, width, height, classes, { width, height });
+    return;
+  }
   checkAnnotationBounds(await readAnnotationPolygons(source, classes, aliases), width, height, source.path);
+}
+
+/** Within this relative difference, a SEG's aspect ratio is its slide's (a SEG at another scale rounds its size). */
+const SEG_ASPECT_TOLERANCE = 0.02;
+
+/**
+ * A DICOM SEG as a label map at `size`: segments map to classes by name (or SNOMED code); a SEG at another scale
+ * than the slide's level 0 (histoseg writes them at the model's) is resampled nearest-neighbour.
+ */
+async function loadDicomSegLabels(path: string, slideWidth: number, slideHeight: number, classes: readonly string[], size: { width: number; height: number }): Promise<LabelMap> {
+  let seg;
+  try {
+    seg = await readDicomSeg(path, classes);
+  } catch (err) {
+    throw new Error(`unreadable DICOM SEG mask ${path}: ${(err as Error).message}`);
+  }
+  if (Math.abs(seg.width / seg.height / (slideWidth / slideHeight) - 1) > SEG_ASPECT_TOLERANCE) {
+    throw new Error(`DICOM SEG mask ${path} is ${seg.width}x${seg.height}, not the shape of its ${slideWidth}x${slideHeight} slide`);
+  }
+  if (seg.width === size.width && seg.height === size.height) return { labels: seg.labels, width: seg.width, height: seg.height };
+  return { labels: await resizeLabels(seg.labels, seg.width, seg.height, size.width, size.height), width: size.width, height: size.height };
 }
 
 /** Reads and parses a polygon annotation file (GeoJSON or BACH XML); errors name the file. */
 async function readAnnotationPolygons(
-  source: Exclude<LabelSource, { kind: 'mask' }>,
+  source: Exclude<LabelSource, { kind: 'mask' } | { kind: 'dicom-seg' }>,
   classes: readonly string[],
   aliases: Record<string, number>,
 ): Promise<(LabelledPolygon & { where: string })[]> {
@@ -256,21 +284,22 @@ export async function readGenericDataset(root: string): Promise<Dataset> {
     const ext = extname(file).toLowerCase();
     const name = basename(file, extname(file));
     if (!(SLIDE_EXTENSIONS as readonly string[]).includes(ext)) {
-      const hint = ext === '.dcm' ? ': DICOM slides must be converted to a tiled TIFF first' : '';
-      throw new Error(`${image}: unsupported slide file type "${ext}" (expected ${SLIDE_EXTENSIONS.join(', ')})${hint}`);
+      throw new Error(`${image}: unsupported slide file type "${ext}" (expected ${SLIDE_EXTENSIONS.join(', ')})`);
     }
     if (names.has(name)) throw new Error(`${image}: two slides are named "${name}"`);
     names.add(name);
     const info = await openSlide(image);
     const mask = join(root, 'masks', `${name}.png`);
+    const segMask = join(root, 'masks', `${name}.dcm`);
     const geojson = join(root, 'annotations', `${name}.geojson`);
     const xml = join(root, 'annotations', `${name}.xml`);
     // A mask is exact, so it wins when a slide also has polygon annotations (the generator writes all three).
     let labels: LabelSource;
     if (await exists(mask)) labels = { kind: 'mask', path: mask };
+    else if (await exists(segMask)) labels = { kind: 'dicom-seg', path: segMask };
     else if (await exists(geojson)) labels = { kind: 'geojson', path: geojson };
     else if (await exists(xml)) labels = { kind: 'bach-xml', path: xml };
-    else throw new Error(`${image}: no labels: expected masks/${name}.png or annotations/${name}.geojson`);
+    else throw new Error(`${image}: no labels: expected masks/${name}.png, masks/${name}.dcm (DICOM SEG) or annotations/${name}.geojson`);
     await checkLabelSource(labels, info.width, info.height, classes, {});
     slides.push(slideEntry(name, image, info, labels, json, null));
   }
@@ -317,6 +346,7 @@ export async function loadSlideLabels(
     if (width === map.width && height === map.height) return map;
     return { labels: await resizeLabels(map.labels, map.width, map.height, width, height), width, height };
   }
+  if (src.kind === 'dicom-seg') return loadDicomSegLabels(src.path, slide.width, slide.height, dataset.classes, { width, height });
   const polygons = await readAnnotationPolygons(src, dataset.classes, dataset.aliases);
   return { labels: await rasteriseAnnotations(polygons, width, height, width / slide.width, src.path), width, height };
 }
@@ -333,6 +363,8 @@ export async function writeGenericDataset(dataset: Dataset, out: string): Promis
     await copyFile(s.image, join(out, 'slides', s.name + extname(s.image).toLowerCase()));
     if (s.labels.kind === 'mask') {
       await writeLabelMap(join(out, 'masks', `${s.name}.png`), await readLabelMap(s.labels.path));
+    } else if (s.labels.kind === 'dicom-seg') {
+      await copyFile(s.labels.path, join(out, 'masks', `${s.name}.dcm`));
     } else if (s.labels.kind === 'geojson') {
       await copyFile(s.labels.path, join(out, 'annotations', `${s.name}.geojson`));
     } else {

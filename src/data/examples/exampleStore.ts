@@ -2,9 +2,10 @@ import { createHash } from 'node:crypto';
 import { copyFile, link, mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
-import { decodeImage, InvalidImageError } from '../../imaging/decode.js';
+import { decodeImage, InvalidImageError, resizeLabels } from '../../imaging/decode.js';
 import { fsyncDir, isTempName, writeFileDurable, writeJsonDurable } from '../../util/durableFile.js';
-import { readLabelMap } from '../labels/labelMap.js';
+import { encodeLabelMap, readLabelMap } from '../labels/labelMap.js';
+import { readDicomSeg } from '../labels/dicomSeg.js';
 
 /**
  * The example store: labelled examples uploaded over the Train RPC, one folder per dataset under a root folder
@@ -261,6 +262,7 @@ export class ExampleStore {
   async put(name: string, ex: NewExample): Promise<{ replaced: boolean; examples: number }> {
     const d = this.datasets.get(name);
     if (!d) throw new DatasetNotFoundError(`dataset ${name} does not exist`);
+    ex = await this.segMaskToPng(d, ex);
     const header = await this.validate(d, ex);
     const parts = encodeExample(header, ex.image, ex.mask);
     const size = parts.reduce((n, p) => n + p.length, 0);
@@ -285,6 +287,27 @@ export class ExampleStore {
     });
     d.lock = run.catch(() => undefined);
     return run;
+  }
+
+  /**
+   * A DICOM SEG mask (from histoseg or another tool) becomes the PNG label map the store keeps: segments map to the
+   * dataset's classes by label or code, and a SEG at another scale is resampled to the image's size.
+   */
+  private async segMaskToPng(d: DatasetState, ex: NewExample): Promise<NewExample> {
+    const m = ex.mask;
+    if (!m || m.length < 132 || Buffer.from(m.buffer, m.byteOffset + 128, 4).toString('latin1') !== 'DICM') return ex;
+    const reject = (msg: string) => new ExampleRejectedError(msg);
+    let seg;
+    let size;
+    try {
+      size = await decodeImage(ex.image, { maxPixels: this.limits.maxExamplePixels });
+      seg = await readDicomSeg(m, d.classes);
+    } catch (err) {
+      throw reject(`mask (DICOM SEG): ${(err as Error).message}`);
+    }
+    if (seg.width * seg.height > this.limits.maxExamplePixels) throw reject(`mask (DICOM SEG) is ${seg.width}x${seg.height}, over the pixel limit`);
+    const labels = seg.width === size.width && seg.height === size.height ? seg.labels : await resizeLabels(seg.labels, seg.width, seg.height, size.width, size.height);
+    return { ...ex, mask: await encodeLabelMap({ labels, width: size.width, height: size.height }) };
   }
 
   private async validate(d: DatasetState, ex: NewExample): Promise<ExampleHeader> {

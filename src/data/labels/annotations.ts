@@ -23,9 +23,13 @@ export interface LabelledPolygon {
  */
 export const ANNOTATION_BOUNDS_TOLERANCE = 0.01;
 
+/** Label-map pixels per annotation unit: one factor, or [x, y] when rounding made the axes' factors differ. */
+export type Scale = number | readonly [number, number];
+const axes = (s: Scale): [number, number] => (typeof s === 'number' ? [s, s] : [s[0], s[1]]);
+
 export interface RasterOptions {
   /** Label-map pixels per annotation coordinate unit (annotation mpp / label-map mpp); 1 when both are level 0. */
-  scale?: number;
+  scale?: Scale;
   /** Names the file in error messages. */
   source?: string;
   /** Extra class names (normalised as by normaliseClassName) mapped to class indices, e.g. BACH's long names. */
@@ -66,9 +70,10 @@ function fmtCoord(v: number): string {
   return Number.isInteger(v) ? String(v) : v.toFixed(3).replace(/\.?0+$/, '');
 }
 
-function ringPath(ring: Ring, scale: number): string {
+function ringPath(ring: Ring, scale: Scale): string {
   if (ring.length < 3) return '';
-  const parts = ring.map(([x, y], i) => `${i === 0 ? 'M' : 'L'}${fmtCoord(x * scale)} ${fmtCoord(y * scale)}`);
+  const [sx, sy] = axes(scale);
+  const parts = ring.map(([x, y], i) => `${i === 0 ? 'M' : 'L'}${fmtCoord(x * sx)} ${fmtCoord(y * sy)}`);
   return parts.join('') + 'Z';
 }
 
@@ -98,7 +103,7 @@ export async function rasterisePolygons(
   polygons: readonly LabelledPolygon[],
   width: number,
   height: number,
-  scale = 1,
+  scale: Scale = 1,
 ): Promise<Uint8Array> {
   const paths: string[] = [];
   for (const p of polygons) {
@@ -134,10 +139,11 @@ export async function rasteriseAnnotations(
   polygons: readonly (LabelledPolygon & { where: string })[],
   width: number,
   height: number,
-  scale: number,
+  scale: Scale,
   source: string,
 ): Promise<Uint8Array> {
-  checkAnnotationBounds(polygons, width / scale, height / scale, source);
+  const [sx, sy] = axes(scale);
+  checkAnnotationBounds(polygons, width / sx, height / sy, source);
   return rasterisePolygons(polygons, width, height, scale);
 }
 

@@ -1,16 +1,31 @@
-// Whole-slide images through sharp/libvips: Aperio SVS with JPEG tiles, pyramidal TIFF, PNG and JPEG.
-// Formats this build cannot decode (JPEG-2000 SVS, DICOM WSI) fail up front with what to install or convert.
-import { open } from 'node:fs/promises';
+// Whole-slide images behind one interface with region reads: Aperio SVS with JPEG tiles, pyramidal TIFF, PNG and
+// JPEG through sharp/libvips; JPEG 2000 SVS/TIFF (33003/33005) tile by tile through geotiff + OpenJPEG; DICOM WSI
+// (a file, or a folder holding a series) through dicomWsi.ts. segment, evaluate, prepare and the trainer all open
+// slides here, so each reads every format.
+import { open, stat } from 'node:fs/promises';
 import { extname } from 'node:path';
 import sharp from 'sharp';
 import type { RgbImage } from '../../imaging/decode.js';
+import { openDicomWsi, type DicomWsi } from '../../dicom/dicomWsi.js';
+import { isDicomFile } from '../../dicom/dicomFile.js';
+import { openDicomWebSeries, type DicomWebFrameSource, type DicomWebTarget } from '../../dicom/dicomweb.js';
+import { openJpeg2000Tiff, readJpeg2000TiffRegion, type Jpeg2000Tiff } from './tiffJpeg2000.js';
 
 export class UnsupportedSlideError extends Error {
   override name = 'UnsupportedSlideError';
 }
 
+export type SlideFormat = 'tiff' | 'tiff-jpeg2000' | 'dicom';
+
+export interface SlideRegion {
+  left: number;
+  top: number;
+  width: number;
+  height: number;
+}
+
 export interface SlideLevel {
-  /** sharp/libvips page index. */
+  /** TIFF page index (sharp/libvips or geotiff); the level's index for DICOM. */
   page: number;
   width: number;
   height: number;
@@ -27,6 +42,11 @@ export interface SlideInfo {
   mpp: number | null;
   /** Pages that are downsampled copies of level 0, level 0 first (SVS label and macro images are left out). */
   levels: SlideLevel[];
+  format: SlideFormat;
+  /** The DICOM series (identity for a SEG; frames for region reads) when format is 'dicom'. */
+  dicom?: DicomWsi;
+  /** @internal geotiff pages when format is 'tiff-jpeg2000'. */
+  jpeg2000?: Jpeg2000Tiff;
 }
 
 export type { RgbImage } from '../../imaging/decode.js';
@@ -84,37 +104,20 @@ async function readTiffFacts(path: string): Promise<TiffFacts | null> {
 }
 
 async function isDicom(path: string): Promise<boolean> {
-  const fh = await open(path, 'r');
-  try {
-    const b = Buffer.alloc(4);
-    const { bytesRead } = await fh.read(b, 0, 4, 128);
-    return bytesRead === 4 && b.toString('latin1') === 'DICM';
-  } finally {
-    await fh.close();
-  }
+  if ((await stat(path)).isDirectory()) return true;
+  return extname(path).toLowerCase() === '.dcm' || (await isDicomFile(path));
 }
 
-/** Opens a slide and lists its pyramid; throws UnsupportedSlideError naming the format and the way out. */
+/** Opens a slide (a file, or a folder holding a DICOM WSI series) and lists its pyramid. */
 export async function openSlide(path: string): Promise<SlideInfo> {
   try {
-    if (extname(path).toLowerCase() === '.dcm' || (await isDicom(path))) {
-      throw new UnsupportedSlideError(
-        `${path}: DICOM whole-slide images cannot be read by sharp/libvips. Convert the slide to a tiled pyramidal TIFF ` +
-          '(e.g. QuPath "Export images > OME TIFF", or `vips tiffsave slide.dcm slide.tif --tile --pyramid --compression jpeg` ' +
-          'with a libvips built against OpenSlide 4, which reads DICOM)',
-      );
+    if (await isDicom(path)) {
+      return dicomSlide(path, await openDicomWsi(path));
     }
     const facts = await readTiffFacts(path);
-    if (facts?.compression !== undefined && JPEG2000_COMPRESSIONS.has(facts.compression)) {
-      throw new UnsupportedSlideError(
-        `${path}: JPEG-2000 compressed TIFF/SVS (compression ${facts.compression}) cannot be decoded: this sharp/libvips ` +
-          'build has no JPEG-2000 (OpenJPEG) support. Convert it to a JPEG-tiled pyramidal TIFF, e.g. with QuPath ' +
-          '("Export images > OME TIFF") or `vips tiffsave slide.svs slide.tif --tile --pyramid --compression jpeg` using a ' +
-          'libvips built with OpenJPEG, or install such a libvips and rebuild sharp against it',
-      );
-    }
     const mppMatch = facts?.description?.match(/\bMPP\s*=\s*([0-9.]+)/);
     const mpp = mppMatch ? Number(mppMatch[1]) : null;
+    if (facts?.compression !== undefined && JPEG2000_COMPRESSIONS.has(facts.compression)) return await openJpeg2000Slide(path, mpp);
     const meta = await sharp(path, { limitInputPixels: false }).metadata();
     if (!meta.width || !meta.height) throw new Error('no image size');
     const levels: SlideLevel[] = [{ page: 0, width: meta.width, height: meta.height, downsample: 1 }];
@@ -126,11 +129,75 @@ export async function openSlide(path: string): Promise<SlideInfo> {
       levels.push({ page, width: m.width, height: m.height, downsample: meta.width / m.width });
     }
     levels.sort((a, b) => a.downsample - b.downsample);
-    return { path, width: meta.width, height: meta.height, mpp: mpp !== null && mpp > 0 ? mpp : null, levels };
+    return { path, width: meta.width, height: meta.height, mpp: mpp !== null && mpp > 0 ? mpp : null, levels, format: 'tiff' };
   } catch (err) {
     if (err instanceof UnsupportedSlideError) throw err;
     throw new Error(`cannot read slide ${path}: ${(err as Error).message}`);
   }
+}
+
+function dicomSlide(path: string, dicom: DicomWsi): SlideInfo {
+  const levels = dicom.levels.map((l, page) => ({ page, width: l.width, height: l.height, downsample: l.downsample }));
+  return { path, width: dicom.width, height: dicom.height, mpp: dicom.mpp, levels, format: 'dicom', dicom };
+}
+
+/** A slide in a series on a DICOMweb server (WADO-RS); `source` counts what was fetched. */
+export async function openDicomWebSlide(target: DicomWebTarget): Promise<SlideInfo & { source: DicomWebFrameSource }> {
+  const { url, dicom, source } = await openDicomWebSeries(target);
+  return { ...dicomSlide(url, dicom), source };
+}
+
+/** JPEG 2000 TIFF/SVS: pyramid pages are the JPEG 2000 pages of level 0's aspect (thumbnail/label/macro left out). */
+async function openJpeg2000Slide(path: string, mpp: number | null): Promise<SlideInfo> {
+  const { fromFile } = await import('geotiff');
+  const tiff = await fromFile(path);
+  const count = await tiff.getImageCount();
+  const pages: { page: number; width: number; height: number }[] = [];
+  for (let page = 0; page < count; page++) {
+    const im = await tiff.getImage(page);
+    const compression = Number(im.getFileDirectory().getValue('Compression'));
+    if (!JPEG2000_COMPRESSIONS.has(compression)) continue;
+    const p = { page, width: im.getWidth(), height: im.getHeight() };
+    if (pages.length > 0 && Math.abs(p.width / p.height / (pages[0]!.width / pages[0]!.height) - 1) > LEVEL_ASPECT_TOLERANCE) continue;
+    pages.push(p);
+  }
+  pages.sort((a, b) => b.width - a.width);
+  const w0 = pages[0]!.width;
+  const jpeg2000 = await openJpeg2000Tiff(path, pages.map((p) => p.page));
+  const levels = pages.map((p) => ({ ...p, downsample: w0 / p.width }));
+  return { path, width: w0, height: pages[0]!.height, mpp: mpp !== null && mpp > 0 ? mpp : null, levels, format: 'tiff-jpeg2000', jpeg2000 };
+}
+
+/** RGB of a region of one pyramid level (index into slide.levels), in that level's pixels. */
+export async function readSlideRegion(slide: SlideInfo, level: number, r: SlideRegion): Promise<RgbImage> {
+  const L = slide.levels[level];
+  if (!L) throw new RangeError(`level ${level} of ${slide.levels.length}`);
+  if (r.left < 0 || r.top < 0 || r.width < 1 || r.height < 1 || r.left + r.width > L.width || r.top + r.height > L.height) {
+    throw new RangeError(`region ${r.width}x${r.height} at ${r.left},${r.top} is outside level ${level} (${L.width}x${L.height})`);
+  }
+  try {
+    if (slide.format === 'dicom') return await slide.dicom!.readRegion(level, r);
+    if (slide.format === 'tiff-jpeg2000') return await readJpeg2000TiffRegion(slide.jpeg2000!, level, r);
+    const { data, info } = await sharp(slide.path, { page: L.page, limitInputPixels: false })
+      .extract(r)
+      .flatten({ background: '#ffffff' })
+      .toColourspace('srgb')
+      .removeAlpha()
+      .raw()
+      .toBuffer({ resolveWithObject: true });
+    return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width: info.width, height: info.height };
+  } catch (err) {
+    throw new Error(`cannot read slide ${slide.path}: ${(err as Error).message}`);
+  }
+}
+
+/** The pyramid level to read for an image of width x height: the coarsest one still at least that large. */
+export function levelFor(slide: SlideInfo, width: number, height: number): number {
+  let best = 0;
+  slide.levels.forEach((l, i) => {
+    if (l.width >= width && l.height >= height && l.width <= slide.levels[best]!.width) best = i;
+  });
+  return best;
 }
 
 /**
@@ -138,10 +205,19 @@ export async function openSlide(path: string): Promise<SlideInfo> {
  * level that is still at least that large, then resamples; alpha is flattened onto white (glass).
  */
 export async function readSlideRgb(slide: SlideInfo, width: number, height: number): Promise<RgbImage> {
-  const usable = slide.levels.filter((l) => l.width >= width && l.height >= height);
-  const level = usable.at(-1) ?? slide.levels[0]!;
+  const level = levelFor(slide, width, height);
+  const L = slide.levels[level]!;
   try {
-    const { data, info } = await sharp(slide.path, { page: level.page, limitInputPixels: false })
+    if (slide.format !== 'tiff') {
+      const img = await readSlideRegion(slide, level, { left: 0, top: 0, width: L.width, height: L.height });
+      if (img.width === width && img.height === height) return img;
+      const { data, info } = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 }, limitInputPixels: false })
+        .resize(width, height, { fit: 'fill' })
+        .raw()
+        .toBuffer({ resolveWithObject: true });
+      return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width: info.width, height: info.height };
+    }
+    const { data, info } = await sharp(slide.path, { page: L.page, limitInputPixels: false })
       .flatten({ background: '#ffffff' })
       .resize(width, height, { fit: 'fill' })
       .toColourspace('srgb')
