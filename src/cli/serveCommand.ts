@@ -50,6 +50,8 @@ export function registerServe(program: Command): void {
     .option('--training-nice <n>', 'niceness of the training process, 0-19 (HISTOSEG_TRAINING_NICE, default 10)')
     .option('--model-poll-ms <ms>', 'how often the model repository is re-read for a changed default (HISTOSEG_MODEL_POLL_MS, default 2000)')
     .option('--max-loaded-models <n>', 'versions kept loaded; idle ones past it are unloaded (HISTOSEG_MAX_LOADED_MODELS, default 4)')
+    .option('--auth-free-failures <n>', 'failed token checks per peer address before its checks are slowed (HISTOSEG_AUTH_FREE_FAILURES, default 5)')
+    .option('--auth-max-delay-ms <ms>', 'longest delay of a slowed-down peer\'s check (HISTOSEG_AUTH_MAX_DELAY_MS, default 5000)')
     .option('--drain-timeout-s <s>', 'grace time for in-flight tiles on SIGTERM (HISTOSEG_DRAIN_TIMEOUT_S, default 25)')
     .option('--log-level <level>', 'pino level (HISTOSEG_LOG_LEVEL, default info)')
     .action(async (flags: Record<string, unknown>) => {

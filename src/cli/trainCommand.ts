@@ -1,10 +1,8 @@
 // `histoseg train`: train on a dataset and write the result as a new model version (with ONNX parity checked).
 import { relativeL2 } from '../engine/engine.js';
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
-import { join, relative, resolve } from 'node:path';
+import { join } from 'node:path';
 import { availableParallelism } from 'node:os';
+import { datasetHash } from '../data/datasets/datasetHash.js';
 import type { Command } from 'commander';
 import type { TfDevice } from '../tf/backend.js';
 import { ALLOW_SOFTWARE_GPU_ENV, allowSoftwareGpuFromEnv } from '../util/gpuAdapter.js';
@@ -71,28 +69,8 @@ export function parseSetting(value: string): Setting {
   return s;
 }
 
-async function listFiles(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await readdir(dir, { withFileTypes: true })) {
-    if (e.name.startsWith('.')) continue;
-    const path = join(dir, e.name);
-    if (e.isDirectory()) out.push(...(await listFiles(path)));
-    else if (e.isFile()) out.push(path);
-  }
-  return out;
-}
-
-/** sha256 over every (non-hidden) file of the dataset: its relative path, size and contents, in path order. */
-export async function datasetHash(root: string): Promise<string> {
-  const files = (await listFiles(resolve(root))).map((f) => relative(resolve(root), f)).sort();
-  const h = createHash('sha256');
-  for (const rel of files) {
-    const path = join(resolve(root), rel);
-    h.update(`${rel}\0${(await stat(path)).size}\0`);
-    for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  }
-  return `sha256:${h.digest('hex')}`;
-}
+/** sha256 of a dataset folder's files (moved to data/datasets; re-exported for callers of this module). */
+export { datasetHash };
 
 /** The next version of `name`: minor bump of the newest x.y.z, +1 of a plain integer, else 1.0.0 for a new name. */
 export function nextVersion(existing: readonly string[]): string {
@@ -146,15 +124,25 @@ export async function checkOnnxParity(model: tfTypes.LayersModel, numClasses: nu
   }
 }
 
+/** What a trained model's manifest says it was trained on. */
+function trainedOnText(dataset: { layout: string; synthetic?: boolean; description?: string; slides: unknown[]; patches: unknown[] }, base?: ModelEntry): string {
+  const what =
+    dataset.description ??
+    (dataset.synthetic ? 'synthetic slides, not real tissue' : `a ${dataset.layout} dataset of ${dataset.slides.length} slides and ${dataset.patches.length} patches`);
+  return base ? `${what}, fine-tuned from ${base.name}@${base.version} (trained on ${base.manifest.trainedOn})` : what;
+}
+
 /** Trains and writes a new version; returns it. */
 export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
   const log = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
   // TF.js loads only when this command runs, not whenever the CLI starts.
-  const [{ readDataset }, { train }, { listModels, modelFilePath, resolveModel, saveModelVersion }] = await Promise.all([
+  const [{ readDataset }, { train }, { listModels, modelFilePath, removeStaleTemporaries, resolveModel, saveModelVersion }] = await Promise.all([
     import('../data/datasets/readDataset.js'),
     import('../training/jobs/trainOnDataset.js'),
     import('../model/repository.js'),
   ]);
+  // A crashed run's half-written version folders go first (a live writer's are left alone).
+  for (const dir of await removeStaleTemporaries(opts.models)) log(`removed ${dir}, left by a crashed run`);
   const existing = await listModels(opts.models).catch(() => [] as ModelEntry[]);
   const version = opts.version ?? nextVersion(existing.filter((e) => e.name === opts.name).map((e) => e.version));
   if (existing.some((e) => e.name === opts.name && e.version === version)) {
@@ -184,6 +172,7 @@ export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
     baseModel: base ? modelFilePath(base.dir, base.manifest.files.tfjs) : undefined,
     resume: opts.resume,
     maxStepsPerEpoch: opts.maxSteps,
+    datasetHash: hash,
     log,
     device: opts.device,
     allowSoftwareGpu: opts.allowSoftwareGpu,
@@ -208,6 +197,8 @@ export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
       inputSize: INPUT_SIZE,
       mpp: MODEL_MPP,
       trained: true,
+      trainedOn: trainedOnText(dataset, base),
+      demoOnly: dataset.synthetic === true || base?.manifest.demoOnly === true,
       stainReference: result.stainReference,
       createdAt: new Date().toISOString(),
       lineage: {

@@ -2,7 +2,7 @@ import { cp, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import type * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
-import { fsyncDir, fsyncTree, TEMP_PREFIX, writeJsonDurable } from '../util/durableFile.js';
+import { fsyncDir, fsyncTree, processAlive, TEMP_PREFIX, writeJsonDurable } from '../util/durableFile.js';
 import { MANIFEST_FILE, ManifestSchema, readManifest, writeManifest, type Manifest } from './manifest.js';
 
 /**
@@ -202,9 +202,9 @@ export async function saveModelVersion(
   }
   const parent = join(resolve(root), m.name);
   const dir = join(parent, m.version);
+  await removeStaleTemporaries(root);
   if (!opts.overwrite && (await exists(dir))) throw new Error(`${dir} already exists`);
-  const tmp = stagingDir(parent, m.version);
-  try {
+  await stageVersion(parent, m.version, dir, !!opts.overwrite, async (tmp) => {
     const tfjsPath = modelFilePath(tmp, m.files.tfjs);
     const onnxPath = modelFilePath(tmp, m.files.onnx);
     await mkdir(dirname(tfjsPath), { recursive: true });
@@ -212,20 +212,35 @@ export async function saveModelVersion(
     await saveLayersModel(model, tfjsPath);
     await writeFile(onnxPath, exportOnnx(model, numClasses));
     await writeManifest(join(tmp, MANIFEST_FILE), m);
-    await fsyncTree(tmp);
-    if (opts.overwrite) await rm(dir, { recursive: true, force: true });
-    await rename(tmp, dir);
-    await fsyncDir(parent);
-  } catch (err) {
-    await rm(tmp, { recursive: true, force: true });
-    throw err;
-  }
+  });
   return { name: m.name, version: m.version, dir, manifest: m };
 }
 
 /** A hidden staging folder beside the version folder; listModels never reads it (its name is not a version). */
 function stagingDir(parent: string, version: string): string {
   return join(parent, `${TEMP_PREFIX}${version}-${process.pid}-${Date.now()}`);
+}
+
+/**
+ * Writes a version through a staging folder: `fill` writes into it, the tree is fsynced, renamed to `dir` and the
+ * parent fsynced, so no reader ever sees half a version; on failure the staging folder is removed.
+ */
+async function stageVersion(parent: string, version: string, dir: string, overwrite: boolean, fill: (tmp: string) => Promise<void>): Promise<void> {
+  await mkdir(parent, { recursive: true });
+  const tmp = stagingDir(parent, version);
+  activeTemporaries.add(tmp);
+  try {
+    await fill(tmp);
+    await fsyncTree(tmp);
+    if (overwrite) await rm(dir, { recursive: true, force: true });
+    await rename(tmp, dir);
+    await fsyncDir(parent);
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true });
+    throw err;
+  } finally {
+    activeTemporaries.delete(tmp);
+  }
 }
 
 /**
@@ -238,17 +253,8 @@ export async function publishModelVersion(root: string, srcDir: string): Promise
   const parent = join(resolve(root), manifest.name);
   const dir = join(parent, manifest.version);
   if (await exists(dir)) throw new Error(`model ${manifest.name}@${manifest.version} already exists in ${resolve(root)}`);
-  await mkdir(parent, { recursive: true });
-  const tmp = stagingDir(parent, manifest.version);
-  try {
-    await cp(srcDir, tmp, { recursive: true });
-    await fsyncTree(tmp);
-    await rename(tmp, dir);
-    await fsyncDir(parent);
-  } catch (err) {
-    await rm(tmp, { recursive: true, force: true });
-    throw err;
-  }
+  await removeStaleTemporaries(root);
+  await stageVersion(parent, manifest.version, dir, false, (tmp) => cp(srcDir, tmp, { recursive: true }));
   return { name: manifest.name, version: manifest.version, dir, manifest };
 }
 
@@ -277,6 +283,38 @@ export async function nextVersion(root: string, name: string): Promise<string> {
 export async function readDefaultModel(root: string): Promise<{ name: string; version?: string } | undefined> {
   return readDefault(resolve(root));
 }
+
+/** A version being staged: `.tmp-<version>-<pid>-<ms>` beside the versions (stagingDir). */
+const TEMPORARY = /^\.tmp-(.+)-(\d+)-(\d+)$/;
+
+/**
+ * Removes version folders a crashed writer left half-written (`<root>/<name>/.tmp-<version>-<pid>-<ms>/`) whose
+ * writer is no longer running. Every command that writes to the repository calls it first. Returns what it removed.
+ */
+export async function removeStaleTemporaries(root: string): Promise<string[]> {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = await subdirs(resolve(root));
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    for (const entry of await subdirs(join(resolve(root), name))) {
+      const m = TEMPORARY.exec(entry);
+      if (!m) continue;
+      const pid = Number(m[2]);
+      if (pid !== process.pid && processAlive(pid)) continue;
+      if (pid === process.pid && activeTemporaries.has(join(resolve(root), name, entry))) continue;
+      await rm(join(resolve(root), name, entry), { recursive: true, force: true });
+      removed.push(join(resolve(root), name, entry));
+    }
+  }
+  return removed;
+}
+
+/** Temporary folders this process is writing now. */
+const activeTemporaries = new Set<string>();
 
 /** Writes `<root>/default.json`; the model need not have a version yet. */
 export async function writeDefaultModel(root: string, name: string, version?: string): Promise<void> {

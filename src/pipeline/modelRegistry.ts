@@ -87,6 +87,11 @@ export class ModelRegistry {
     const model = await this.slot(entry).promise;
     if (!model.manifest.trained) {
       this.log.warn({ model: this.defaultKey }, 'the default model is UNTRAINED (random weights): its masks and classes mean nothing');
+    } else if (model.manifest.demoOnly) {
+      this.log.warn(
+        { model: this.defaultKey, trainedOn: model.manifest.trainedOn },
+        'the default model is for DEMONSTRATION only (trained on synthetic data): its masks say nothing about real tissue',
+      );
     }
     if (this.opts.pollMs && !this.opts.defaultModel) {
       this.poller = setInterval(() => void this.poll(), this.opts.pollMs);

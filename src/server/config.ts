@@ -50,6 +50,10 @@ export const ConfigSchema = z
     tlsKey: z.string().optional(),
     tlsClientCa: z.string().optional(),
     tokensFile: z.string().optional(),
+    /** Failed token checks a peer address may make before its checks are slowed down (AuthGuard). */
+    authFreeFailures: z.coerce.number().int().min(0).max(1_000_000).default(5),
+    /** The most a slowed-down peer's check waits; the delay doubles per failure from 100 ms up to this. */
+    authMaxDelayMs: z.coerce.number().int().min(0).max(600_000).default(5000),
     drainTimeoutS: z.coerce.number().min(0).max(3600).default(25),
     /**
      * Serve the TrainingService and run jobs here. Serving replicas that share the model repository with a training

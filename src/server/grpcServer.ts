@@ -18,6 +18,7 @@ import { startTelemetryServer } from './httpServer.js';
 import type { Logger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
 import { TokenAuth } from './auth.js';
+import { AUTH_GUARD_DEFAULTS, AuthGuard } from './authGuard.js';
 import type { Config } from './config.js';
 import { modelServiceHandlers } from './modelServiceHandlers.js';
 import { segmentTilesHandler } from './segmentTilesHandler.js';
@@ -53,6 +54,9 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   const auth = config.tokensFile ? TokenAuth.fromFile(config.tokensFile) : undefined;
   const creds = credentials(config);
   if (!auth) log.warn('no tokens file: RPCs are not authenticated (set HISTOSEG_TOKENS_FILE)');
+  const guard = auth
+    ? new AuthGuard(auth, log, metrics, { ...AUTH_GUARD_DEFAULTS, freeFailures: config.authFreeFailures, maxDelayMs: config.authMaxDelayMs })
+    : undefined;
   if (!config.tlsCert) log.warn('TLS is off: tiles travel in clear text (set HISTOSEG_TLS_CERT and HISTOSEG_TLS_KEY)');
 
   const SERVICES = config.training ? [...BASE_SERVICES, 'histoseg.v1.TrainingService'] : BASE_SERVICES;
@@ -90,9 +94,9 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   });
   server.addService(
     SegmentationServiceService,
-    { segmentTiles: segmentTilesHandler({ config, registry, pipeline: new TilePipeline({ maxPixels: config.maxTilePixels }), log, metrics, auth, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
+    { segmentTiles: segmentTilesHandler({ config, registry, pipeline: new TilePipeline({ maxPixels: config.maxTilePixels }), log, metrics, auth: guard, draining: () => draining, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
   );
-  server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, auth, log));
+  server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, { auth: guard, log, metrics }));
   let jobs: JobManager | undefined;
   if (config.training) {
     const store = await ExampleStore.open(config.datasets, {
@@ -131,7 +135,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
     const counts: Record<string, number> = {};
     for (const j of jobs.list()) counts[j.state] = (counts[j.state] ?? 0) + 1;
     for (const state of ['queued', 'running', 'succeeded', 'failed', 'cancelled']) metrics.trainingJobs.set({ state }, counts[state] ?? 0);
-    server.addService(TrainingServiceService, trainingHandlers({ config, jobs, registry, store, log, metrics, auth, draining: () => draining }));
+    server.addService(TrainingServiceService, trainingHandlers({ config, jobs, registry, store, log, metrics, auth: guard, draining: () => draining }));
   }
   health.addToServer(server);
   // Health is described too, so `grpcurl ... grpc.health.v1.Health/Check` works from reflection alone.

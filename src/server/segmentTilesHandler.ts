@@ -1,16 +1,15 @@
 import { setMaxListeners } from 'node:events';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
-import { BatcherStoppedError } from '../pipeline/batcher.js';
-import { InvalidModelRefError, ModelNotFoundError, type ModelLease, type ModelRegistry } from '../pipeline/modelRegistry.js';
-import { TooManyPixelsError, type StreamContext, type TilePipeline } from '../pipeline/segmentTile.js';
+import type { ModelLease, ModelRegistry } from '../pipeline/modelRegistry.js';
+import type { StreamContext, TilePipeline } from '../pipeline/segmentTile.js';
 import { SlideStain } from '../pipeline/slideStain.js';
 import { TileStatus, type SegmentTilesOptions, type SegmentTilesRequest, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import type { TokenAuth } from './auth.js';
+import type { AuthGuard } from './authGuard.js';
 import { invalidResponse, toResponse } from './tileResponse.js';
 import type { Config } from './config.js';
-import { invalidArgument, notFound, resourceExhausted, StatusError, toStatus, unavailable } from './errors.js';
+import { invalidArgument, toStatus, unavailable } from './errors.js';
 import { OrderedWriter } from './orderedWriter.js';
 
 export interface HandlerDeps {
@@ -20,7 +19,7 @@ export interface HandlerDeps {
   pipeline: TilePipeline;
   log: Logger;
   metrics: Metrics;
-  auth?: TokenAuth;
+  auth?: AuthGuard;
   /** True once SIGTERM arrived: new streams are refused, open ones finish. */
   draining(): boolean;
   /** Open streams, so shutdown can wait for them. */
@@ -45,14 +44,8 @@ async function streamContext(options: SegmentTilesOptions | undefined, deps: Han
   const o = options;
   const min = o?.minTissueFraction;
   if (min !== undefined && !(min >= 0 && min <= 1)) throw invalidArgument(`min_tissue_fraction must be in [0, 1], got ${min}`);
-  let lease: ModelLease;
-  try {
-    lease = await deps.registry.acquire(o?.modelName ?? '', o?.modelVersion ?? '');
-  } catch (err) {
-    if (err instanceof ModelNotFoundError) throw notFound(err.message);
-    if (err instanceof InvalidModelRefError) throw invalidArgument(err.message);
-    throw err;
-  }
+  // Registry errors (not found, malformed name) map to their statuses in toStatus.
+  const lease = await deps.registry.acquire(o?.modelName ?? '', o?.modelVersion ?? '');
   hold(lease);
   const model = lease.model;
   const stainOn = (o?.stainNormalization ?? deps.config.stainNormalization) && !!model.manifest.stainReference;
@@ -75,11 +68,7 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   const fail = (err: unknown) => {
     if (ended) return;
     ended = true;
-    const s = err instanceof TooManyPixelsError ? resourceExhausted(err.message) : err instanceof BatcherStoppedError ? unavailable(err.message) : toStatus(err);
-    if (!(err instanceof StatusError) && !(err instanceof TooManyPixelsError) && !(err instanceof BatcherStoppedError)) {
-      log.error({ err }, 'SegmentTiles failed');
-    }
-    metrics.requestErrors.inc({ code: String(s.code) });
+    const s = toStatus(err, { log, metrics, method: 'SegmentationService/SegmentTiles' });
     abort.abort(s);
     call.emit('error', s.toServiceError());
   };
@@ -97,7 +86,7 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   const writer = new OrderedWriter<SegmentTilesResponse>(call, signal, fail);
   try {
     if (deps.draining()) throw unavailable('server is shutting down');
-    const denied = deps.auth?.check(call.metadata, 'segment');
+    const denied = await deps.auth?.check(call, 'segment', 'SegmentationService/SegmentTiles');
     if (denied) throw denied;
 
     let ctx: StreamContext | undefined;

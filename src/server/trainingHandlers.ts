@@ -15,7 +15,8 @@ import { SETTINGS, type Setting } from '../training/fit/trainingData.js';
 import { isTerminal, JobFinishedError, JobNotFoundError, JobQueueFullError, type JobManager, type JobRecord, type JobStateName } from '../training/jobs/jobManager.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import type { Role, TokenAuth } from './auth.js';
+import type { Role } from './auth.js';
+import type { AuthGuard } from './authGuard.js';
 import type { Config } from './config.js';
 import { invalidArgument, notFound, resourceExhausted, StatusError, toStatus, unavailable } from './errors.js';
 import { uploadExamplesHandler, type UploadDeps } from './uploadExamplesHandler.js';
@@ -61,31 +62,20 @@ export interface TrainingDeps extends UploadDeps {
   registry: ModelRegistry;
 }
 
-function mapError(err: unknown, log: Logger, what: string): StatusError {
-  if (err instanceof StatusError) return err;
-  if (err instanceof JobNotFoundError || err instanceof DatasetNotFoundError || err instanceof ModelNotFoundError) return notFound(err.message);
-  if (err instanceof JobQueueFullError) return resourceExhausted(err.message);
-  if (err instanceof JobFinishedError) return new StatusError(status.FAILED_PRECONDITION, err.message);
-  if (err instanceof DatasetError || err instanceof InvalidModelRefError) return invalidArgument(err.message);
-  log.error({ err }, `${what} failed`);
-  return toStatus(err);
-}
-
 export function trainingHandlers(deps: TrainingDeps): TrainingServiceServer {
   const { jobs, log, auth } = deps;
   const unary =
     <Req, Res>(what: string, fn: (req: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res>, role: Role = 'train') =>
     (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
-      const denied = auth?.check(call.metadata, role);
-      if (denied) return cb(denied.toServiceError(), null);
-      if (deps.draining()) return cb(unavailable('server is shutting down').toServiceError(), null);
-      fn(call.request, call).then(
+      const report = { log, metrics: deps.metrics, method: `TrainingService/${what}` };
+      (async () => {
+        const denied = await auth?.check(call, role, report.method);
+        if (denied) throw denied;
+        if (deps.draining()) throw unavailable('server is shutting down');
+        return fn(call.request, call);
+      })().then(
         (res) => cb(null, res),
-        (err) => {
-          const s = mapError(err, log, what);
-          deps.metrics.requestErrors.inc({ code: String(s.code) });
-          cb(s.toServiceError(), null);
-        },
+        (err) => cb(toStatus(err, report).toServiceError(), null),
       );
     };
 
@@ -94,7 +84,7 @@ export function trainingHandlers(deps: TrainingDeps): TrainingServiceServer {
 
     startTraining: unary<StartTrainingRequest, TrainingJob>('StartTraining', async (req, call) => {
       if (req.activate) {
-        const denied = auth?.check(call.metadata, 'admin');
+        const denied = await auth?.check(call, 'admin', 'TrainingService/StartTraining');
         if (denied) throw new StatusError(denied.code, `activate: true ${denied.message.replace(/^this call /, '')}`);
       }
       if (!req.dataset) throw invalidArgument('dataset is required');
@@ -120,9 +110,10 @@ export function trainingHandlers(deps: TrainingDeps): TrainingServiceServer {
       return toTrainingJob(job);
     }),
 
-    watchTraining: (call: ServerWritableStream<WatchTrainingRequest, TrainingJob>) => {
-      const denied = auth?.check(call.metadata, 'train');
-      if (denied) return call.destroy(Object.assign(new Error(denied.message), denied.toServiceError()));
+    watchTraining: async (call: ServerWritableStream<WatchTrainingRequest, TrainingJob>) => {
+      const report = { log, metrics: deps.metrics, method: 'TrainingService/WatchTraining' };
+      const denied = await auth?.check(call, 'train', report.method);
+      if (denied) return call.destroy(Object.assign(new Error(denied.message), toStatus(denied, report).toServiceError()));
       let stop: (() => void) | undefined;
       try {
         stop = jobs.watch(call.request.jobId, (j) => {
@@ -135,7 +126,7 @@ export function trainingHandlers(deps: TrainingDeps): TrainingServiceServer {
         });
         if (isTerminal(jobs.get(call.request.jobId).state)) stop();
       } catch (err) {
-        const s = mapError(err, log, 'WatchTraining');
+        const s = toStatus(err, report);
         call.destroy(Object.assign(new Error(s.message), s.toServiceError()));
         return;
       }

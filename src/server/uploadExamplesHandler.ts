@@ -10,7 +10,7 @@ import {
 import { ExampleSplit, type Example, type ExampleError, type UploadExamplesRequest, type UploadExamplesResponse } from '../proto/gen/histoseg/v1/training.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import type { TokenAuth } from './auth.js';
+import type { AuthGuard } from './authGuard.js';
 import { invalidArgument, notFound, resourceExhausted, StatusError, toStatus, unavailable } from './errors.js';
 
 /** Examples validated and written at once per stream (decoding overlaps the previous example's fsync). */
@@ -22,7 +22,7 @@ export interface UploadDeps {
   store: ExampleStore;
   log: Logger;
   metrics: Metrics;
-  auth?: TokenAuth;
+  auth?: AuthGuard;
   draining(): boolean;
 }
 
@@ -46,7 +46,7 @@ export function uploadExamplesHandler(deps: UploadDeps) {
     };
     const run = async (): Promise<UploadExamplesResponse> => {
       if (deps.draining()) throw unavailable('server is shutting down');
-      const denied = deps.auth?.check(call.metadata, 'train');
+      const denied = await deps.auth?.check(call, 'train', 'TrainingService/UploadExamples');
       if (denied) throw denied;
       let classes: string[] | undefined;
       const inflight = new Set<Promise<void>>();
@@ -95,17 +95,11 @@ export function uploadExamplesHandler(deps: UploadDeps) {
         cb(null, res);
       },
       (err) => {
-        let s: StatusError;
         if (err instanceof StoreLimitError) {
           deps.metrics.examplesRejected.inc({ reason: 'limit' });
-          s = resourceExhausted(`${err.message}; ${accepted} example(s) of this upload were accepted and are stored`);
-        } else if (err instanceof DatasetError) s = invalidArgument(err.message);
-        else if (err instanceof DatasetNotFoundError) s = notFound(err.message);
-        else {
-          s = toStatus(err);
-          if (!(err instanceof StatusError)) deps.log.error({ err, dataset }, 'UploadExamples failed');
+          err = resourceExhausted(`${err.message}; ${accepted} example(s) of this upload were accepted and are stored`);
         }
-        deps.metrics.requestErrors.inc({ code: String(s.code) });
+        const s = toStatus(err, { log: deps.log, metrics: deps.metrics, method: 'TrainingService/UploadExamples' });
         deps.log.warn({ dataset, accepted, code: s.code, reason: s.message }, 'upload ended with an error');
         cb(s.toServiceError(), null);
       },

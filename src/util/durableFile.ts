@@ -15,7 +15,7 @@ export function isTempName(name: string): boolean {
   return name.startsWith(TEMP_PREFIX);
 }
 
-/** fsync of a folder, so a rename or a new entry in it survives a crash. */
+/** fsync of a folder (or a file), so a rename or a new entry in it survives a crash. */
 export async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, 'r');
   try {
@@ -68,4 +68,17 @@ export async function fsyncTree(dir: string): Promise<void> {
     }
   }
   await fsyncDir(dir);
+}
+
+/** fsyncs a file or folder, so what was written to it (or renamed into it) survives a power cut. */
+export const fsyncPath = fsyncDir;
+
+/** Whether a process with this pid is running (EPERM: it is, under another user). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

@@ -1,7 +1,7 @@
 // The paper's joint trainer (Sec. 2.2-2.3, 3.3): segmentation and class patches in one loop, Lcls + Lseg, Adam,
 // per-epoch validation picking the best epoch, checkpoints after every epoch. It takes prepared, normalised items and
 // reports through hooks: no dataset reading and no terminal output here (training/jobs/ and cli/ do those).
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { releaseTfBackend, selectTfBackend, type TfDevice } from '../../tf/backend.js';
@@ -10,7 +10,15 @@ import type { SegmentationMetrics } from '../../evaluation/metrics.js';
 import { buildSegClsModel, modelNumClasses } from '../../model/network/architecture.js';
 import { importTorchWeights, readSafetensorsFile } from '../../model/network/importWeights.js';
 import { loadLayersModel, saveLayersModel } from '../../model/network/tfjsIO.js';
-import { type EpochRecord, hasCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import {
+  type EpochRecord,
+  clearCheckpoint,
+  hasCheckpoint,
+  identityDifferences,
+  loadCheckpoint,
+  saveCheckpoint,
+  trainingCodeVersion,
+} from './checkpoint.js';
 import { ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, ADAM_LEARNING_RATE } from './hyperparameters.js';
 import { classWeights } from './losses.js';
 import { DataParallel } from './dataParallel.js';
@@ -81,18 +89,29 @@ export interface FitResult {
 
 const BEST_DIR = 'best';
 
-function configKey(o: FitOptions): string {
-  return JSON.stringify({
-    setting: o.setting,
-    segPercent: o.segPercent,
-    seed: o.seed,
-    batchSize: o.batchSize,
-    numClasses: o.numClasses,
-    initWeights: o.initWeights ?? null,
-    baseModel: o.baseModel ?? null,
-    maxStepsPerEpoch: o.maxStepsPerEpoch ?? null,
+async function hasBest(workDir: string): Promise<boolean> {
+  return stat(join(workDir, BEST_DIR, 'model.json')).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** What a checkpoint must match to be resumed: the settings, the caller's identity (dataset hash) and the code. */
+async function runIdentity(o: FitOptions): Promise<Record<string, unknown>> {
+  return {
+    settings: {
+      setting: o.setting,
+      segPercent: o.segPercent,
+      seed: o.seed,
+      batchSize: o.batchSize,
+      numClasses: o.numClasses,
+      initWeights: o.initWeights ?? null,
+      baseModel: o.baseModel ?? null,
+      maxStepsPerEpoch: o.maxStepsPerEpoch ?? null,
+    },
     ...(o.identity ?? {}),
-  });
+    code: await trainingCodeVersion(),
+  };
 }
 
 export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks = {}): Promise<FitResult> {
@@ -119,7 +138,8 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
   const validate = hooks.validate ?? (async () => null);
 
   const optimizer = tf.train.adam(ADAM_LEARNING_RATE, ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON);
-  const config = configKey(o);
+  const identity = await runIdentity(o);
+  const config = JSON.stringify(identity);
   let model: tf.LayersModel;
   let epochsDone = 0;
   let history: EpochRecord[] = [];
@@ -127,14 +147,23 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
   const resumed = o.resume === true && (await hasCheckpoint(o.workDir));
   if (resumed) {
     const ck = await loadCheckpoint(o.workDir, optimizer);
-    if (ck.state.config !== config) {
+    const differences = ck.state.identity ? identityDifferences(ck.state.identity, identity) : ['identity (the checkpoint predates identity checks)'];
+    const bestMissing = ck.state.best !== null && !(await hasBest(o.workDir));
+    if (differences.length > 0 || bestMissing) {
       ck.model.dispose();
       optimizer.dispose();
-      throw new Error(`the checkpoint in ${o.workDir} is from another configuration (${ck.state.config}); use another work folder`);
+      throw new Error(
+        differences.length > 0
+          ? `refusing to resume: the checkpoint in ${o.workDir} is from a different run; it differs in ${differences.join('; ')}. ` +
+              'Run without --resume to start afresh (that clears it), or use another work folder'
+          : `refusing to resume: the checkpoint in ${o.workDir} has no best/ model beside it; run without --resume to start afresh`,
+      );
     }
     model = ck.model;
     ({ epochsDone, history, best } = ck.state);
   } else {
+    // A fresh run starts clean: a previous run's checkpoint must not be resumed later as if it were this one's.
+    await clearCheckpoint(o.workDir);
     await rm(join(o.workDir, BEST_DIR), { recursive: true, force: true });
     model = o.baseModel ? await loadLayersModel(o.baseModel) : buildSegClsModel({ numClasses, seed: o.seed });
     if (modelNumClasses(model) !== numClasses) {
@@ -195,7 +224,7 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
         best = { epoch: epoch + 1, score };
         await saveLayersModel(model, join(o.workDir, BEST_DIR));
       }
-      await saveCheckpoint(o.workDir, model, optimizer, { epochsDone: epoch + 1, config, best: best!, history });
+      await saveCheckpoint(o.workDir, model, optimizer, { epochsDone: epoch + 1, config, identity, best: best!, history });
       hooks.onProgress?.({ kind: 'epoch', record, epochs: o.epochs, best: isBest, imagesPerSecond: sums.images / seconds });
     }
   } catch (err) {

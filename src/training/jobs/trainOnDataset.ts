@@ -4,6 +4,7 @@ import { readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StainReferenceSchema, type StainReference } from '../../model/manifest.js';
 import type { Dataset } from '../../data/datasets/dataset.js';
+import { datasetHash } from '../../data/datasets/datasetHash.js';
 import { type PatchIndex, preparePatches } from '../prepare/patchPreparation.js';
 import { fit, type FitHooks, type FitOptions, type FitResult } from '../fit/trainer.js';
 import { loadTrainingItems, normalizeTrainingItems, type Setting } from '../fit/trainingData.js';
@@ -27,6 +28,8 @@ export interface TrainOptions {
   readonly resume?: boolean;
   /** Cap on steps per epoch (tests and smoke runs). */
   readonly maxStepsPerEpoch?: number;
+  /** The dataset's hash (datasetHash), if the caller has it; else it is computed. A resume must match it. */
+  readonly datasetHash?: string;
   /** Notes for a person (warnings, resumption); silent by default. */
   readonly log?: (line: string) => void;
   /** fit's device, software-GPU switch, data-parallel workers and shards (trainer.ts FitOptions). */
@@ -100,7 +103,7 @@ export async function train(o: TrainOptions, hooks: FitHooks = {}): Promise<Trai
       baseModel: o.baseModel,
       resume: o.resume,
       maxStepsPerEpoch: o.maxStepsPerEpoch,
-      identity: { root: o.dataset.root },
+      identity: { datasetHash: o.datasetHash ?? (await datasetHash(o.dataset.root)) },
       device: o.device,
       allowSoftwareGpu: o.allowSoftwareGpu,
       workers: o.workers,

@@ -70,6 +70,10 @@ export interface ModelInfo {
   metrics: { [key: string]: number };
   /** Whether this version is loaded and served now. */
   loaded: boolean;
+  /** What the model was trained on, in words ("synthetic slides ...", a dataset's name); "unspecified" if unknown. */
+  trainedOn: string;
+  /** For demonstration only (trained on synthetic data, or untrained): its masks say nothing about real tissue. */
+  demoOnly: boolean;
 }
 
 export interface ModelInfo_MetricsEntry {
@@ -482,6 +486,8 @@ function createBaseModelInfo(): ModelInfo {
     parent: "",
     metrics: {},
     loaded: false,
+    trainedOn: "",
+    demoOnly: false,
   };
 }
 
@@ -522,6 +528,12 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     });
     if (message.loaded !== false) {
       writer.uint32(96).bool(message.loaded);
+    }
+    if (message.trainedOn !== "") {
+      writer.uint32(106).string(message.trainedOn);
+    }
+    if (message.demoOnly !== false) {
+      writer.uint32(112).bool(message.demoOnly);
     }
     return writer;
   },
@@ -638,6 +650,22 @@ export const ModelInfo: MessageFns<ModelInfo> = {
             message.loaded = reader.bool();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.trainedOn = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.demoOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -689,6 +717,16 @@ export const ModelInfo: MessageFns<ModelInfo> = {
         )
         : {},
       loaded: isSet(object.loaded) ? globalThis.Boolean(object.loaded) : false,
+      trainedOn: isSet(object.trainedOn)
+        ? globalThis.String(object.trainedOn)
+        : isSet(object.trained_on)
+        ? globalThis.String(object.trained_on)
+        : "",
+      demoOnly: isSet(object.demoOnly)
+        ? globalThis.Boolean(object.demoOnly)
+        : isSet(object.demo_only)
+        ? globalThis.Boolean(object.demo_only)
+        : false,
     };
   },
 
@@ -736,6 +774,12 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     if (message.loaded !== false) {
       obj.loaded = message.loaded;
     }
+    if (message.trainedOn !== "") {
+      obj.trainedOn = message.trainedOn;
+    }
+    if (message.demoOnly !== false) {
+      obj.demoOnly = message.demoOnly;
+    }
     return obj;
   },
 
@@ -764,6 +808,8 @@ export const ModelInfo: MessageFns<ModelInfo> = {
       {},
     );
     message.loaded = object.loaded ?? false;
+    message.trainedOn = object.trainedOn ?? "";
+    message.demoOnly = object.demoOnly ?? false;
     return message;
   },
 };
