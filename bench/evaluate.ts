@@ -4,7 +4,7 @@
  * tree at REF (a git worktree) alternate with this tree's, and the ratio is of medians from the one run.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +30,10 @@ const work = mkdtempSync(join(tmpdir(), 'histoseg-eval-bench-'));
 let beforeTree: string | undefined;
 try {
   await writeSynthDataset({ seed: SEED, out: join(work, 'synth'), slides: SLIDES, size: SIZE, patchesPerClass: 1 });
+  // Only the keys every tree reads (older trees refuse the newer `synthetic` and `description`).
+  const jsonPath = join(work, 'synth', 'dataset.json');
+  const { mpp, slides } = JSON.parse(readFileSync(jsonPath, 'utf8')) as { mpp: number; slides: unknown };
+  writeFileSync(jsonPath, JSON.stringify({ mpp, slides }, null, 2) + '\n');
   if (values.before) {
     beforeTree = join(work, 'before');
     execFileSync('git', ['worktree', 'add', '--detach', beforeTree, values.before], { cwd: ROOT, stdio: 'ignore' });

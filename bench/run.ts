@@ -17,6 +17,7 @@ import { SERVE_NODE_FLAGS } from '../src/cli/serveCommand.js';
 import { connect } from '../src/client/segmentationClient.js';
 import { EnginePool } from '../src/engine/workerPool.js';
 import { OnnxEngine } from '../src/engine/onnxEngine.js';
+import { describeAdapter, probeGpuAdapter } from '../src/util/gpuAdapter.js';
 import { TfjsEngine } from '../src/engine/tfjsEngine.js';
 import { INPUT_SIZE } from '../src/util/constants.js';
 import { resolveModel } from '../src/model/repository.js';
@@ -39,8 +40,9 @@ const opts = new Command()
   .option('--no-torch', 'skip the PyTorch reference')
   .option('--only-hardening', 'run only the fairness and shutdown rows (and keep the other rows of the last results)')
   .option('--no-wasm', 'skip the TF.js wasm engine')
+  .option('--no-webgpu', "skip onnxruntime's WebGPU provider (on Mesa lavapipe it is a slow software rasteriser)")
   .parse()
-  .opts<{ seconds: string; batches: string; streams: string; rounds: string; torch: boolean; wasm: boolean; onlyHardening?: boolean }>();
+  .opts<{ seconds: string; batches: string; streams: string; rounds: string; torch: boolean; wasm: boolean; webgpu: boolean; onlyHardening?: boolean }>();
 const SECONDS = Number(opts.seconds);
 
 function log(msg: string): void {
@@ -181,6 +183,20 @@ async function wasmOnly(tfjsDir: string, C: number, n: number, pids: number[]) {
   await engine.dispose();
   log(`model-only ${engine.name} batch ${n}: ${(n / median(times)).toFixed(1)} tiles/s`);
   return { engine: engine.name, batch: n, tiles_per_s: n / median(times), runs: times.length, foreign_cores: f };
+}
+
+/** onnxruntime's WebGPU provider, one engine, on whatever adapter Dawn finds (a software one is accepted and named). */
+async function webgpuOnly(onnxPath: string, C: number, n: number) {
+  const adapter = await probeGpuAdapter().catch((err: Error) => err);
+  if (adapter === null || adapter instanceof Error) return { error: adapter ? adapter.message : 'no WebGPU adapter (no Vulkan driver)' };
+  const engine = await OnnxEngine.create(onnxPath, C, { intraOpNumThreads: 1, device: 'webgpu', maskOutput: 'seg16', allowSoftwareGpu: true });
+  const data = new Float32Array(n * 3 * INPUT_SIZE * INPUT_SIZE).map(() => Math.random() * 2 - 1);
+  await engine.run({ data, n }); // first run: shader compilation
+  const times = await timeLoop(() => engine.run({ data, n }), SECONDS / 2, 1);
+  await engine.dispose();
+  const note = adapter.software ? 'software adapter (Mesa lavapipe, a rasteriser on the CPU): slow, a check that the path runs, not a GPU figure' : 'hardware adapter';
+  log(`model-only onnx/webgpu batch ${n} on ${describeAdapter(adapter)}: ${(n / median(times)).toFixed(1)} tiles/s (${note})`);
+  return { engine: 'onnx/webgpu', adapter: describeAdapter(adapter), software: adapter.software, note, batch: n, tiles_per_s: n / median(times), runs: times.length };
 }
 
 function torchReference(): { variant: string; batch: number; tiles_per_s: number }[] | { error: string } {
@@ -482,6 +498,7 @@ const servedPool = await servedEngine(entry.dir, entry.manifest, loadConfig({}, 
 const served = await servedPool.measure(SECONDS / 2, self);
 log(`model-only ${served.engine} (as served), batch ${served.batch}: ${served.tiles_per_s.toFixed(1)} tiles/s, CPU/tile ${served.cpu_ms_per_tile.toFixed(2)} ms (foreign load ${served.foreign_cores.toFixed(2)} cores)`);
 const wasm = opts.wasm ? await wasmOnly(join(entry.dir, entry.manifest.files.tfjs), C, 8, self) : undefined;
+const webgpu = opts.webgpu ? await webgpuOnly(join(entry.dir, entry.manifest.files.onnx), C, 16).catch((err: Error) => ({ error: err.message })) : { error: 'skipped (--no-webgpu)' };
 const torch = opts.torch ? torchReference() : { error: 'skipped (--no-torch)' };
 if (Array.isArray(torch)) for (const t of torch) log(`torch ${t.variant} batch ${t.batch}: ${t.tiles_per_s.toFixed(1)} tiles/s`);
 
@@ -544,6 +561,7 @@ const result = {
   model_only: model,
   model_only_served: served,
   wasm,
+  webgpu,
   torch_reference: torch,
   unloaded_latency: unloaded,
   end_to_end: e2e,
@@ -579,6 +597,9 @@ const md = [
   `| model-only ${served.engine} (as served), batch ${served.batch} | ${f1(served.tiles_per_s)} | ${pct(served.tiles_per_s / limitTilesPerS)} of limit |`,
   ...(Array.isArray(torch) ? torch.map((t) => `| PyTorch reference ${t.variant}, batch ${t.batch} | ${f1(t.tiles_per_s)} | onnx best = ${f1(best / t.tiles_per_s)}x |`) : [`| PyTorch reference | n/a | ${torch.error} |`]),
   ...(wasm ? [`| model-only ${wasm.engine}, batch ${wasm.batch} | ${f1(wasm.tiles_per_s)} | ${pct(wasm.tiles_per_s / at(8))} of onnx batch 8 |`] : []),
+  'error' in webgpu
+    ? `| model-only onnx/webgpu | not measured: ${webgpu.error} | |`
+    : `| model-only onnx/webgpu, batch ${webgpu.batch} (${webgpu.adapter}) | ${f1(webgpu.tiles_per_s)} | ${webgpu.note} |`,
   ...e2e.map((e) => {
     const t = e.server_threads_ms_per_tile;
     const cpu = `CPU/tile ${e.server_cpu_ms_per_tile.toFixed(2)} ms server (main ${t.main.toFixed(2)}, engines ${t.engine.toFixed(2)}, other threads ${t.other.toFixed(2)}) + ${e.client_cpu_ms_per_tile.toFixed(2)} ms client`;

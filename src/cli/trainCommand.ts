@@ -1,8 +1,8 @@
 // `histoseg train`: train on a dataset and write the result as a new model version (with ONNX parity checked).
 import { relativeL2 } from '../engine/engine.js';
 import { join } from 'node:path';
-import { datasetHash } from '../data/datasets/datasetHash.js';
 import { availableParallelism } from 'node:os';
+import { datasetHash } from '../data/datasets/datasetHash.js';
 import type { Command } from 'commander';
 import type { TfDevice } from '../tf/backend.js';
 import { ALLOW_SOFTWARE_GPU_ENV, allowSoftwareGpuFromEnv } from '../util/gpuAdapter.js';
