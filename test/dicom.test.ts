@@ -301,6 +301,14 @@ describe('DICOM WSI from Orthanc\'s dicomizer, segmented into a validated SEG', 
       let sum = 0;
       for (let i = 0; i < ref.length; i++) sum += Math.abs(img.data[i]! - ref[i]!);
       assert.ok(sum / ref.length < 1, `${what}: mean difference ${sum / ref.length}`);
+      // Frames decoded at half size (libjpeg DCT scaling; one JPEG 2000 resolution level fewer) match the region
+      // read whole and halved, up to the filters' difference.
+      const half = { left: region.left / 2, top: region.top / 2, width: Math.floor(region.width / 2), height: Math.floor(region.height / 2) };
+      const small = await slide.dicom!.readRegion(0, half, 2);
+      const want = await sharp(img.data, { raw: { width: region.width, height: region.height, channels: 3 } }).resize(half.width, half.height, { fit: 'fill' }).raw().toBuffer();
+      let d = 0;
+      for (let i = 0; i < want.length; i++) d += Math.abs(small.data[i]! - want[i]!);
+      assert.ok(d / want.length < 8, `${what}: half-size decode differs by ${d / want.length} on average`);
     }
     const pyramid = await openSlide(j2k);
     assert.ok(pyramid.levels.length >= 3, 'every level of the series');

@@ -86,7 +86,7 @@ export interface SegmentSummary {
   /** One class for the slide (pipeline/slideSummary.ts says the rule). */
   slideClass: { index: number; name: string; rule: string };
   /** Which pyramid level the tiles were read from, and how many were glass at the coarsest level and not read. */
-  read: { format: string; level: number; skippedGlassTiles: number };
+  read: { format: string; level: number; shrink: number; skippedGlassTiles: number };
   mask?: string;
   overlay?: string;
   dicomSeg?: string;
@@ -167,13 +167,13 @@ export async function segmentImage(opts: SegmentImageOptions): Promise<SegmentSu
     // sharp reads JPEG-tiled TIFF/SVS and plain images whole at the model's scale; DICOM and JPEG 2000 slides are
     // read region by region, skipping what the coarsest level shows to be glass.
     let base: SlideSource;
-    let regionInfo = { level: 0, skipped: () => 0 };
+    let regionInfo = { level: 0, shrink: 1, skipped: () => 0 };
     if (slide.format === 'tiff') {
       base = imageSource(await readSlideRgb(slide, mw, mh));
     } else {
       const src = await slideRegionSource(slide, mw, mh, { skipGlass: true });
       base = src;
-      regionInfo = { level: src.level, skipped: () => src.skipped };
+      regionInfo = { level: src.level, shrink: src.shrink, skipped: () => src.skipped };
     }
     // The paper's tissue mask (App. B.1), tile by tile as the tiles are read: glass apart from class-0 tissue.
     const tissue = new Uint8Array(mw * mh);
@@ -226,7 +226,7 @@ export async function segmentImage(opts: SegmentImageOptions): Promise<SegmentSu
       tissue: areas.tissue,
       glass: areas.glass,
       slideClass: { ...areas.slideClass, name: model.classes[areas.slideClass.index]?.name ?? '' },
-      read: { format: slide.format, level: regionInfo.level, skippedGlassTiles: regionInfo.skipped() },
+      read: { format: slide.format, level: regionInfo.level, shrink: regionInfo.shrink, skippedGlassTiles: regionInfo.skipped() },
     };
     const classes = model.classes.map((c) => ({ name: c.name, color: c.color }));
     if (web) summary.fetched = { bytes: web.source.bytesFetched, frames: web.source.framesFetched, requests: web.source.requests };

@@ -146,26 +146,39 @@ export function imageFlavor(inst: WsiInstance): string {
   return inst.imageType[2] ?? 'VOLUME';
 }
 
-/** Decodes one encoded frame of `inst` to rows x columns RGB. */
-export async function decodeFrame(inst: WsiInstance, bytes: Uint8Array): Promise<RgbImage> {
-  const { rows, columns } = inst;
+/**
+ * Decodes one encoded frame of `inst` to rows x columns RGB, or `shrink` (a power of two dividing the frame size)
+ * times smaller: JPEG through libjpeg's DCT scaling, JPEG 2000 by decoding fewer resolution levels.
+ */
+export async function decodeFrame(inst: WsiInstance, bytes: Uint8Array, shrink = 1): Promise<RgbImage> {
+  const rows = inst.rows / shrink;
+  const columns = inst.columns / shrink;
   let img: RgbImage;
   if (JPEG_TS.has(inst.transferSyntax)) {
-    // libjpeg converts JFIF YCbCr to RGB itself; Adobe-marked RGB JPEGs stay RGB.
-    const { data, info } = await sharp(bytes, { failOn: 'error' }).toColourspace('srgb').removeAlpha().raw().toBuffer({ resolveWithObject: true });
+    // libjpeg converts JFIF YCbCr to RGB itself; Adobe-marked RGB JPEGs stay RGB. A resize by a power of two is
+    // done on load (libvips' JPEG shrink-on-load).
+    let pipeline = sharp(bytes, { failOn: 'error' });
+    if (shrink > 1) pipeline = pipeline.resize(columns, rows, { fit: 'fill' });
+    const { data, info } = await pipeline.toColourspace('srgb').removeAlpha().raw().toBuffer({ resolveWithObject: true });
     if (info.channels !== 3) throw new DicomSlideError(`frame decoded to ${info.channels} channels`);
     img = { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width: info.width, height: info.height };
   } else if (J2K_TS.has(inst.transferSyntax)) {
     // PS3.5 8.2.4: JPEG 2000 samples are RGB (or YBR_ICT/RCT, undone by the decoder's MCT) or YBR_FULL. YBR_FULL_422
     // is not a JPEG 2000 interpretation; Orthanc's dicomizer writes it over RGB samples, which are read as RGB.
-    img = await decodeJpeg2000(bytes, { ycbcr: inst.photometric === 'YBR_FULL' });
+    img = await decodeJpeg2000(bytes, { ycbcr: inst.photometric === 'YBR_FULL', reduce: Math.log2(shrink) });
   } else {
     img = nativeFrame(inst, bytes);
   }
+  if (shrink > 1 && (img.width !== columns || img.height !== rows)) img = await shrinkRgb(img, columns, rows);
   if (img.width !== columns || img.height !== rows) {
-    throw new DicomSlideError(`frame decoded to ${img.width}x${img.height}, the instance says ${columns}x${rows}`);
+    throw new DicomSlideError(`frame decoded to ${img.width}x${img.height}, the instance says ${inst.columns}x${inst.rows}${shrink > 1 ? ` / ${shrink}` : ''}`);
   }
   return img;
+}
+
+async function shrinkRgb(img: RgbImage, width: number, height: number): Promise<RgbImage> {
+  const { data } = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } }).resize(width, height, { fit: 'fill' }).raw().toBuffer({ resolveWithObject: true });
+  return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width, height };
 }
 
 function nativeFrame(inst: WsiInstance, bytes: Uint8Array): RgbImage {

@@ -9,6 +9,8 @@ import { isDicomFile, readDicomHeader, readEncapsulatedFrame, readFrameTable, re
 
 /** Decoded frames kept for neighbouring region reads (~ 64 x 256 x 256 x 3 = 12 MB at the usual frame size). */
 const FRAME_CACHE_SIZE = 64;
+/** Largest frame shrink on decode (libjpeg's DCT scaling goes to 1/8). */
+const MAX_SHRINK = 8;
 
 export interface Region {
   left: number;
@@ -123,30 +125,47 @@ export class DicomWsi {
     return out;
   }
 
-  /** RGB of a region of a level; where no frame covers it (TILED_SPARSE gaps, past the matrix) it is white glass. */
-  async readRegion(level: number, r: Region): Promise<RgbImage> {
+  /** The largest power of two up to `max` that divides the level's frame size: frames can be decoded that much smaller. */
+  shrinkFor(level: number, max: number): number {
+    const L = this.levels[level]!;
+    let s = 1;
+    while (s * 2 <= max && s * 2 <= MAX_SHRINK && L.tileWidth % (s * 2) === 0 && L.tileHeight % (s * 2) === 0) s *= 2;
+    return s;
+  }
+
+  /**
+   * RGB of a region of a level; where no frame covers it (TILED_SPARSE gaps, past the matrix) it is white glass.
+   * With `shrink` (a power of two dividing the frame size), the region is in the level's pixels divided by it and
+   * frames are decoded that much smaller: JPEG scales in the DCT (libjpeg), JPEG 2000 decodes fewer resolution levels.
+   */
+  async readRegion(level: number, r: Region, shrink = 1): Promise<RgbImage> {
     const L = this.levels[level];
     if (!L) throw new RangeError(`level ${level} of ${this.levels.length}`);
     if (r.width < 1 || r.height < 1) throw new RangeError(`empty region ${r.width}x${r.height}`);
+    if (L.tileWidth % shrink !== 0 || L.tileHeight % shrink !== 0) throw new RangeError(`shrink ${shrink} does not divide the ${L.tileWidth}x${L.tileHeight} frames`);
     const out = new Uint8Array(r.width * r.height * 3).fill(255);
-    const placed = this.framesFor(level, r);
-    const frames = await this.decoded(placed);
+    const placed = this.framesFor(level, { left: r.left * shrink, top: r.top * shrink, width: r.width * shrink, height: r.height * shrink });
+    const frames = await this.decoded(placed, shrink);
+    const lw = Math.ceil(L.width / shrink);
+    const lh = Math.ceil(L.height / shrink);
     placed.forEach((p, k) => {
       const f = frames[k]!;
-      const x0 = Math.max(r.left, p.x);
-      const y0 = Math.max(r.top, p.y);
-      const x1 = Math.min(r.left + r.width, p.x + f.width, L.width);
-      const y1 = Math.min(r.top + r.height, p.y + f.height, L.height);
+      const px = Math.floor(p.x / shrink);
+      const py = Math.floor(p.y / shrink);
+      const x0 = Math.max(r.left, px);
+      const y0 = Math.max(r.top, py);
+      const x1 = Math.min(r.left + r.width, px + f.width, lw);
+      const y1 = Math.min(r.top + r.height, py + f.height, lh);
       for (let y = y0; y < y1; y++) {
-        const src = ((y - p.y) * f.width + (x0 - p.x)) * 3;
+        const src = ((y - py) * f.width + (x0 - px)) * 3;
         out.set(f.data.subarray(src, src + (x1 - x0) * 3), ((y - r.top) * r.width + (x0 - r.left)) * 3);
       }
     });
     return { data: out, width: r.width, height: r.height };
   }
 
-  private async decoded(placed: Placed[]): Promise<RgbImage[]> {
-    const key = (p: Placed) => `${p.inst.sopInstanceUid}:${p.frame}`;
+  private async decoded(placed: Placed[], shrink: number): Promise<RgbImage[]> {
+    const key = (p: Placed) => `${p.inst.sopInstanceUid}:${p.frame}:${shrink}`;
     const missing = placed.filter((p) => !this.cache.has(key(p)));
     // One read per instance for the frames not yet cached (one WADO-RS request over DICOMweb).
     const byInst = new Map<WsiInstance, Placed[]>();
@@ -156,7 +175,7 @@ export class DicomWsi {
       ps.forEach((p, k) => {
         const img = bytes.then((b) => {
           this.framesDecoded++;
-          return decodeFrame(inst, b[k]!);
+          return decodeFrame(inst, b[k]!, shrink);
         });
         img.catch(() => this.cache.delete(key(p)));
         this.cache.set(key(p), img);

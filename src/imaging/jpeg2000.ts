@@ -1,7 +1,7 @@
 // JPEG 2000 codestreams (DICOM JPEG 2000 frames, Aperio 33003/33005 SVS tiles) to 8-bit RGB through OpenJPEG built
 // for WebAssembly (@cornerstonejs/codec-openjpeg). The package ships three builds: a decoder-only wasm module, a
-// full (encode+decode) wasm module and an asm.js one; bench/dicom.ts measures them and the decoder-only wasm build
-// is the default (bench/results/dicom.md).
+// full (encode+decode) wasm module and an asm.js one; bench/dicom.ts measures them (bench/results/dicom.md: the two
+// wasm builds decode alike, asm.js is several times slower) and the smaller decoder-only wasm build is the default.
 import { createRequire } from 'node:module';
 import type { RgbImage } from './decode.js';
 
@@ -27,6 +27,8 @@ interface J2KDecoder {
   getDecodedBuffer(): Uint8Array;
   decode(): void;
   decodeSubResolution(decompositionLevel: number, layer: number): void;
+  readHeader(): void;
+  getNumDecompositions(): number;
   getFrameInfo(): FrameInfo;
   delete?(): void;
 }
@@ -56,6 +58,11 @@ export interface Jpeg2000Options {
   /** The samples are YCbCr without the codestream's own colour transform (DICOM YBR_FULL*, Aperio 33003). */
   ycbcr?: boolean;
   build?: OpenJpegBuild;
+  /**
+   * Resolution levels to leave out: the image comes out 2^reduce times smaller (each side rounded up). When the
+   * codestream has fewer decomposition levels, it is decoded whole and the caller resizes.
+   */
+  reduce?: number;
 }
 
 /** True when the codestream's COD marker asks for the multiple component transform (the decoder undoes it). */
@@ -96,13 +103,26 @@ export async function decodeJpeg2000(code: Uint8Array, opts: Jpeg2000Options = {
   const { decoder } = await load(opts.build ?? DEFAULT_OPENJPEG_BUILD);
   try {
     decoder.getEncodedBuffer(code.length).set(code);
-    decoder.decode();
+    const reduce = opts.reduce ?? 0;
+    if (reduce > 0) {
+      decoder.readHeader();
+      if (decoder.getNumDecompositions() >= reduce) decoder.decodeSubResolution(reduce, 0);
+      else decoder.decode();
+    } else decoder.decode();
   } catch (err) {
     throw new Jpeg2000Error(`corrupt JPEG 2000 codestream (${code.length} bytes): ${err instanceof Error ? err.message : String(err)}`);
   }
   const info = decoder.getFrameInfo();
-  const { width, height, componentCount: nc, bitsPerSample: bits } = info;
+  const { componentCount: nc, bitsPerSample: bits } = info;
+  // getFrameInfo gives the full size; a sub-resolution decode is that size over 2^reduce, rounded up.
   const raw = decoder.getDecodedBuffer();
+  const bytesPerSample = bits <= 8 ? 1 : 2;
+  let { width, height } = info;
+  if ((opts.reduce ?? 0) > 0 && raw.length < width * height * nc * bytesPerSample) {
+    const f = 2 ** (opts.reduce ?? 0);
+    width = Math.ceil(width / f);
+    height = Math.ceil(height / f);
+  }
   const n = width * height;
   const out = new Uint8Array(n * 3);
   if (bits <= 8) {

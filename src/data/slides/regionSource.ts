@@ -16,6 +16,8 @@ export interface RegionSource {
   /** The pyramid level regions are read from. */
   readonly level: number;
   read(region: SlideRegion): Promise<RgbImage>;
+  /** Frames are decoded this many times smaller than the level (DICOM; 1 otherwise). */
+  readonly shrink: number;
   /** Regions answered white without reading, because the coarse level shows no tissue there. */
   readonly skipped: number;
 }
@@ -32,6 +34,7 @@ export async function slideRegionSource(slide: SlideInfo, width: number, height:
     const rgb = await readSlideRegion(slide, coarsest, { left: 0, top: 0, width: C.width, height: C.height });
     coarse = { mask: tissueMask(rgb.data, C.width, C.height), w: C.width, h: C.height, level: coarsest };
   }
+  const shrink = slide.format === 'dicom' && slide.dicom ? slide.dicom.shrinkFor(level, Math.floor(Math.min(sx, sy))) : 1;
   let skipped = 0;
   const hasTissue = (r: SlideRegion): boolean => {
     if (!coarse) return true;
@@ -48,6 +51,7 @@ export async function slideRegionSource(slide: SlideInfo, width: number, height:
     width,
     height,
     level,
+    shrink,
     get skipped() {
       return skipped;
     },
@@ -56,12 +60,18 @@ export async function slideRegionSource(slide: SlideInfo, width: number, height:
         skipped++;
         return { data: new Uint8Array(r.width * r.height * 3).fill(255), width: r.width, height: r.height };
       }
-      // The level region covering the model-scale region, resampled to it.
-      const left = Math.floor(r.left * sx);
-      const top = Math.floor(r.top * sy);
-      const right = Math.min(L.width, Math.ceil((r.left + r.width) * sx));
-      const bottom = Math.min(L.height, Math.ceil((r.top + r.height) * sy));
-      const img = await readSlideRegion(slide, level, { left, top, width: Math.max(1, right - left), height: Math.max(1, bottom - top) });
+      // The level region covering the model-scale region, resampled to it. DICOM frames are decoded up to `shrink`
+      // times smaller on the way (still at least as fine as the model's scale).
+      const fx = sx / shrink;
+      const fy = sy / shrink;
+      const lw = Math.ceil(L.width / shrink);
+      const lh = Math.ceil(L.height / shrink);
+      const left = Math.floor(r.left * fx);
+      const top = Math.floor(r.top * fy);
+      const right = Math.min(lw, Math.ceil((r.left + r.width) * fx));
+      const bottom = Math.min(lh, Math.ceil((r.top + r.height) * fy));
+      const region = { left, top, width: Math.max(1, right - left), height: Math.max(1, bottom - top) };
+      const img = shrink > 1 ? await slide.dicom!.readRegion(level, region, shrink) : await readSlideRegion(slide, level, region);
       if (img.width === r.width && img.height === r.height) return img;
       const { data } = await sharp(img.data, { raw: { width: img.width, height: img.height, channels: 3 } })
         .resize(r.width, r.height, { fit: 'fill' })
