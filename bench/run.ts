@@ -24,6 +24,7 @@ import { loadConfig } from '../src/server/config.js';
 import { SegmentationServiceService, SegmentTilesRequest, SegmentTilesResponse, type Tile } from '../src/proto/gen/histoseg/v1/segmentation.js';
 import { tissueFraction } from '../src/imaging/tissue.js';
 import { cpuSnap, foreign, HZ, procCpu, splitThreads, threadCpu } from './cpuLoad.js';
+import { enginePlacement } from '../src/engine/engineDevices.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SVS = fileURLToPath(new URL('../../shared/data/slides/CMU-1-Small-Region.svs', import.meta.url));
@@ -477,7 +478,7 @@ if (opts.onlyHardening) {
 const self = [process.pid];
 const model = await modelOnly(join(entry.dir, entry.manifest.files.onnx), C, opts.batches.split(',').map(Number), self);
 // Full batches of the server's own default size.
-const servedPool = await servedEngine(entry.dir, entry.manifest, loadConfig({}, {}).maxBatch);
+const servedPool = await servedEngine(entry.dir, entry.manifest, loadConfig({}, {}).maxBatch ?? enginePlacement('onnx', 'cpu').maxBatch);
 const served = await servedPool.measure(SECONDS / 2, self);
 log(`model-only ${served.engine} (as served), batch ${served.batch}: ${served.tiles_per_s.toFixed(1)} tiles/s, CPU/tile ${served.cpu_ms_per_tile.toFixed(2)} ms (foreign load ${served.foreign_cores.toFixed(2)} cores)`);
 const wasm = opts.wasm ? await wasmOnly(join(entry.dir, entry.manifest.files.tfjs), C, 8, self) : undefined;

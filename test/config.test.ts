@@ -28,7 +28,7 @@ describe('loadConfig', () => {
     assert.equal(c.engine, 'onnx');
     assert.equal(c.threads, availableParallelism());
     assert.equal(c.workers, undefined, "unset: the server picks one engine per thread on cpu");
-    assert.equal(c.maxBatch, 16);
+    assert.equal(c.maxBatch, undefined, "unset: the engine table decides (16 on cpu, 64 on a GPU)");
     assert.equal(c.maxDelayMs, 4);
     assert.equal(c.queueCapacity, 256);
     assert.equal(c.streamWindow, 32);

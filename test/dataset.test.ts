@@ -1,9 +1,7 @@
 import assert from 'node:assert/strict';
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
 import sharp from 'sharp';
 import { writeLabelMap } from '../src/data/labels/labelMap.js';
@@ -13,8 +11,9 @@ import { BACH_WSI_MPP } from '../src/data/datasets/bachLayout.js';
 import { loadSlideLabels, readGenericDataset, sizeAtMpp, writeGenericDataset } from '../src/data/datasets/dataset.js';
 import { readDataset } from '../src/data/datasets/readDataset.js';
 import { openSlide, readSlideRgb, UnsupportedSlideError } from '../src/data/slides/slideReader.js';
+import { SLIDE_VARIANTS } from './support/slideTiles.js';
+import { UNSUPPORTED_SLIDE_VARIANTS } from './support/testData.js';
 
-const SLIDES = fileURLToPath(new URL('../../shared/data/slides', import.meta.url));
 const CLASSES = ['normal', 'benign', 'in situ', 'invasive'];
 
 async function png(path: string, width: number, height: number, rgb = [230, 150, 200]): Promise<void> {
@@ -120,39 +119,42 @@ test('generic layout errors name the file', async (t) => {
   await assert.rejects(loadSlideLabels(ds.slides[0]!, ds), /a\.png has class value 7, but there are only 4 classes/);
 });
 
-test('slides sharp cannot decode fail naming the format and the way out', async (t) => {
-  if (!existsSync(SLIDES)) return t.skip(`real slides not found at ${SLIDES}`);
-  await assert.rejects(openSlide(join(SLIDES, 'tcga-cr-7395-01a-01-ts1.svs')), (err: Error) => {
-    assert.ok(err instanceof UnsupportedSlideError);
-    assert.match(err.message, /JPEG-2000 .*compression 33005/);
-    assert.match(err.message, /Convert it to a JPEG-tiled pyramidal TIFF/);
-    return true;
+for (const variant of UNSUPPORTED_SLIDE_VARIANTS) {
+  test(`${variant.kind} slides sharp cannot decode fail naming the format and the way out`, async () => {
+    const { jpeg2000, dicom } = await variant.load();
+    await assert.rejects(openSlide(jpeg2000), (err: Error) => {
+      assert.ok(err instanceof UnsupportedSlideError);
+      assert.match(err.message, /JPEG-2000 .*compression 33005/);
+      assert.match(err.message, /Convert it to a JPEG-tiled pyramidal TIFF/);
+      return true;
+    });
+    await assert.rejects(openSlide(dicom), (err: Error) => {
+      assert.ok(err instanceof UnsupportedSlideError);
+      assert.match(err.message, /DICOM whole-slide images cannot be read/);
+      assert.match(err.message, /tiled pyramidal TIFF/);
+      return true;
+    });
   });
-  await assert.rejects(openSlide(join(SLIDES, 'small_dicom.dcm')), (err: Error) => {
-    assert.ok(err instanceof UnsupportedSlideError);
-    assert.match(err.message, /DICOM whole-slide images cannot be read/);
-    assert.match(err.message, /tiled pyramidal TIFF/);
-    return true;
-  });
-});
+}
 
-test('BACH layout: SVS + ImageScope XML rasterised at the model scale, Photos as patches', async (t) => {
-  const svs = join(SLIDES, 'CMU-1-Small-Region.svs');
-  if (!existsSync(svs)) return t.skip(`real slide not found at ${svs}`);
-  const info = await openSlide(svs);
-  assert.deepEqual([info.width, info.height, info.mpp], [2220, 2967, 0.499]);
-  assert.ok(info.levels.length >= 2, 'the thumbnail counts as a level; label/macro pages do not');
-  assert.ok(info.levels.every((l) => Math.abs(l.width / l.height - 2220 / 2967) < 0.02));
+for (const variant of SLIDE_VARIANTS) {
+  test(`BACH layout: ${variant.kind} SVS + ImageScope XML rasterised at the model scale, Photos as patches`, async (t) => {
+    const { path: svs, width, height, mpp, kind } = await variant.load();
+    const info = await openSlide(svs);
+    assert.deepEqual([info.width, info.height, info.mpp], [width, height, mpp]);
+    if (kind === 'real') assert.deepEqual([info.width, info.height, info.mpp], [2220, 2967, 0.499]);
+    assert.ok(info.levels.length >= 2, 'the thumbnail counts as a level; label/macro pages do not');
+    assert.ok(info.levels.every((l) => Math.abs(l.width / l.height - width / height) < 0.02));
 
-  const root = await mkdtemp(join(tmpdir(), 'histoseg-bach-'));
-  t.after(() => rm(root, { recursive: true, force: true }));
-  for (const f of ['Photos/Normal', 'Photos/InSitu', 'WSI']) await mkdir(join(root, f), { recursive: true });
-  await sharp({ create: { width: 64, height: 48, channels: 3, background: '#c080b0' } }).tiff().toFile(join(root, 'Photos/Normal/n001.tif'));
-  await sharp({ create: { width: 64, height: 48, channels: 3, background: '#a060c0' } }).tiff().toFile(join(root, 'Photos/InSitu/is001.tif'));
-  await copyFile(svs, join(root, 'WSI', 'A01.svs'));
-  await copyFile(svs, join(root, 'WSI', 'A02.svs')); // no XML: skipped with a warning
-  const xml = `<?xml version="1.0"?>
-<Annotations MicronsPerPixel="0.499">
+    const root = await mkdtemp(join(tmpdir(), 'histoseg-bach-'));
+    t.after(() => rm(root, { recursive: true, force: true }));
+    for (const f of ['Photos/Normal', 'Photos/InSitu', 'WSI']) await mkdir(join(root, f), { recursive: true });
+    await sharp({ create: { width: 64, height: 48, channels: 3, background: '#c080b0' } }).tiff().toFile(join(root, 'Photos/Normal/n001.tif'));
+    await sharp({ create: { width: 64, height: 48, channels: 3, background: '#a060c0' } }).tiff().toFile(join(root, 'Photos/InSitu/is001.tif'));
+    await copyFile(svs, join(root, 'WSI', 'A01.svs'));
+    await copyFile(svs, join(root, 'WSI', 'A02.svs')); // no XML: skipped with a warning
+    const xml = `<?xml version="1.0"?>
+<Annotations MicronsPerPixel="${mpp}">
   <Annotation Id="1"><Regions>
     <Region Id="1" Text="Carcinoma in situ"><Vertices>
       <Vertex X="300" Y="300"/><Vertex X="1500" Y="300"/><Vertex X="1500" Y="1500"/><Vertex X="300" Y="1500"/>
@@ -162,27 +164,28 @@ test('BACH layout: SVS + ImageScope XML rasterised at the model scale, Photos as
     </Vertices></Region>
   </Regions></Annotation>
 </Annotations>`;
-  await writeFile(join(root, 'WSI', 'A01.xml'), xml);
-  const ds = await readDataset(root);
-  assert.equal(ds.layout, 'bach');
-  assert.deepEqual(ds.patches.map((p) => p.classIndex).sort(), [0, 2]);
-  assert.equal(ds.slides.length, 1);
-  assert.match(ds.warnings.join('\n'), /A02\.svs has no A02\.xml/);
-  const slide = ds.slides[0]!;
-  assert.equal(slide.mpp, 0.499);
-  assert.notEqual(slide.mpp, BACH_WSI_MPP, 'the SVS states its own MPP');
-  const size = sizeAtMpp(slide, MODEL_MPP);
-  assert.deepEqual([size.width, size.height], [Math.round((2220 * 0.499) / 7.5), Math.round((2967 * 0.499) / 7.5)]);
-  const labels = await loadSlideLabels(slide, ds, size);
-  const at = (x0: number, y0: number) => labels.labels[Math.floor(y0 * size.scale) * size.width + Math.floor(x0 * size.scale)];
-  assert.equal(at(900, 900), 2);
-  assert.equal(at(1700, 2700), 3);
-  assert.equal(at(100, 100), 0);
-  const rgb = await readSlideRgb(await openSlide(slide.image), size.width, size.height);
-  assert.equal(rgb.data.length, size.width * size.height * 3);
+    await writeFile(join(root, 'WSI', 'A01.xml'), xml);
+    const ds = await readDataset(root);
+    assert.equal(ds.layout, 'bach');
+    assert.deepEqual(ds.patches.map((p) => p.classIndex).sort(), [0, 2]);
+    assert.equal(ds.slides.length, 1);
+    assert.match(ds.warnings.join('\n'), /A02\.svs has no A02\.xml/);
+    const slide = ds.slides[0]!;
+    assert.equal(slide.mpp, mpp);
+    assert.notEqual(slide.mpp, BACH_WSI_MPP, 'the SVS states its own MPP');
+    const size = sizeAtMpp(slide, MODEL_MPP);
+    assert.deepEqual([size.width, size.height], [Math.round((width * mpp) / 7.5), Math.round((height * mpp) / 7.5)]);
+    const labels = await loadSlideLabels(slide, ds, size);
+    const at = (x0: number, y0: number) => labels.labels[Math.floor(y0 * size.scale) * size.width + Math.floor(x0 * size.scale)];
+    assert.equal(at(900, 900), 2);
+    assert.equal(at(1700, 2700), 3);
+    assert.equal(at(100, 100), 0);
+    const rgb = await readSlideRgb(await openSlide(slide.image), size.width, size.height);
+    assert.equal(rgb.data.length, size.width * size.height * 3);
 
-  await writeFile(join(root, 'WSI', 'A01.xml'), xml.replace('Carcinoma in situ', 'Necrosis'));
-  await assert.rejects(readDataset(root), /A01\.xml: Annotation 1 Region 1 has unknown class "Necrosis"/);
-  await writeFile(join(root, 'WSI', 'A01.xml'), xml.replace('X="1800" Y="2800"', 'X="1800" Y="9000"'));
-  await assert.rejects(readDataset(root), /A01\.xml: Annotation 1 Region 2 has vertex \(1800, 9000\) outside the slide/);
-});
+    await writeFile(join(root, 'WSI', 'A01.xml'), xml.replace('Carcinoma in situ', 'Necrosis'));
+    await assert.rejects(readDataset(root), /A01\.xml: Annotation 1 Region 1 has unknown class "Necrosis"/);
+    await writeFile(join(root, 'WSI', 'A01.xml'), xml.replace('X="1800" Y="2800"', 'X="1800" Y="9000"'));
+    await assert.rejects(readDataset(root), /A01\.xml: Annotation 1 Region 2 has vertex \(1800, 9000\) outside the slide/);
+  });
+}

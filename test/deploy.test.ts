@@ -188,7 +188,7 @@ test('the Dockerfile is multi-stage, runs as a non-root user and ships what the 
 
 test('package.json has the build script the Dockerfile runs, and bin/ prefers its output', () => {
   const pkg = JSON.parse(read('package.json')) as { scripts?: Record<string, string> };
-  assert.equal(pkg.scripts?.start, ['node', ...SERVE_NODE_FLAGS, 'bin/histoseg.js', 'serve'].join(' '), 'npm start passes the server flags');
+  assert.equal(pkg.scripts?.start, ['exec', 'node', ...SERVE_NODE_FLAGS, 'bin/histoseg.js', 'serve'].join(' '), 'npm start execs node (signals reach it) with the server flags');
   assert.match(pkg.scripts?.build ?? '', /\btsc -p tsconfig\.build\.json\b/, 'scripts.build compiles src/ into dist/');
   assert.match(read('bin/histoseg.js'), /dist\/src\/cli\/main\.js/, 'bin/histoseg.js runs the compiled CLI');
 });

@@ -13,15 +13,15 @@ import { loadConfig } from '../src/server/config.js';
 import { startServer, type RunningServer } from '../src/server/grpcServer.js';
 import { createLogger } from '../src/telemetry/logger.js';
 import { Metrics } from '../src/telemetry/metrics.js';
-import { haveSlide, SLIDE_MISSING, SVS_MPP, tissueTiles } from './support/slideTiles.js';
+import { tissueTiles } from './support/slideTiles.js';
 import { noiseTile, openStream as openSending } from './support/serving.js';
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 const CLI = fileURLToPath(new URL('../bin/histoseg.js', import.meta.url));
 
-/** Real tissue crops sent as if at the model's scale (mpp 0), so each one costs the engine a few windows. */
+/** Tissue crops (level 0) sent as if at the model's scale (mpp 0), so each one costs the engine a few windows. */
 async function modelScaleTissue(n: number, side: number): Promise<Tile[]> {
-  const regions = Array.from({ length: n }, (_, i) => ({ left: 500 + (i % 8) * 150, top: 900 + Math.floor(i / 8) * 250, width: side, height: side, mpp: SVS_MPP }));
+  const regions = Array.from({ length: n }, (_, i) => ({ left: 500 + (i % 8) * 150, top: 900 + Math.floor(i / 8) * 250, width: side, height: side }));
   const tiles = await tissueTiles(regions);
   return tiles.map((t, i) => ({ ...t, tileId: `t${i}`, mpp: 0 }));
 }
@@ -225,7 +225,7 @@ describe('SIGTERM to the CLI server with streams that keep sending', () => {
   });
 });
 
-describe('cancellation and deadlines free queued work', { skip: haveSlide ? false : SLIDE_MISSING }, () => {
+describe('cancellation and deadlines free queued work', () => {
   let server: RunningServer;
   let clients: HistosegClients;
   let batcher: Batcher;

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import {
   InvalidImageError,
@@ -10,9 +9,9 @@ import {
   resizeLabels,
   resizeRgb,
 } from '../src/imaging/decode.js';
+import { SLIDE_VARIANTS } from './support/slideTiles.js';
 
 const LIMITS = { maxPixels: 16_777_216 };
-const svsPath = fileURLToPath(new URL('../../shared/data/slides/CMU-1-Small-Region.svs', import.meta.url));
 
 /** A 3x2 RGBA image: opaque red, green, blue on top; transparent, half-transparent black, opaque grey below. */
 async function rgbaPng(): Promise<Buffer> {
@@ -114,10 +113,13 @@ test('decompression bombs are refused from the header, before decoding', async (
   assert.equal((await decodeImage(ok, { maxPixels: 20_000 })).width, 200);
 });
 
-test('an Aperio SVS (TIFF) is read from its header and held to the pixel limit', async (t) => {
-  if (!existsSync(svsPath)) return t.skip(`test data missing: ${svsPath}`);
-  await rejects(readFileSync(svsPath), /2220x2967 = .* pixels, over the limit of 1000000/, { maxPixels: 1_000_000 });
-});
+for (const variant of SLIDE_VARIANTS) {
+  test(`the ${variant.kind} slide (Aperio-style pyramidal TIFF) is read from its header and held to the pixel limit`, async () => {
+    const slide = await variant.load();
+    const size = new RegExp(`${slide.width}x${slide.height} = .* pixels, over the limit of 1000000`);
+    await rejects(readFileSync(slide.path), size, { maxPixels: 1_000_000 });
+  });
+}
 
 test('resizeRgb averages areas when shrinking', async () => {
   const w = 8;

@@ -1,8 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
-import { decodeImage, type RgbImage } from '../src/imaging/decode.js';
 import {
   MACENKO_IO,
   STAIN_SAMPLE_PIXELS,
@@ -15,9 +12,7 @@ import {
   type StainParams,
 } from '../src/imaging/macenko.js';
 import { rng } from './support/random.js';
-
-const sourcePath = fileURLToPath(new URL('../../shared/data/stain/he_source.png', import.meta.url));
-const targetPath = fileURLToPath(new URL('../../shared/data/stain/he_target.png', import.meta.url));
+import { STAIN_PAIR_VARIANTS } from './support/testData.js';
 
 const unit = (v: number[]): number[] => {
   const n = Math.hypot(...v);
@@ -53,10 +48,6 @@ function render(c: Float64Array, h: number[], e: number[]): Uint8Array {
     for (let k = 0; k < 3; k++) out[3 * i + k] = MACENKO_IO * Math.exp(-(c[2 * i]! * h[k]! + c[2 * i + 1]! * e[k]!)) - 1;
   }
   return new Uint8Array(out.buffer);
-}
-
-async function load(path: string): Promise<RgbImage> {
-  return decodeImage(readFileSync(path), { maxPixels: 1 << 24 });
 }
 
 test('symmetricEigen3 returns orthonormal eigenvectors, largest eigenvalue first', () => {
@@ -125,26 +116,26 @@ test('too little tissue and degenerate stain params are clear errors', () => {
   assert.throws(() => normalizeStain(white, 10, { stainMatrix: [H1], maxConcentrations: [1, 1] }, bad), RangeError);
 });
 
-test('real H&E: normalising source to target moves its stain vectors to the target', async (t) => {
-  if (!existsSync(sourcePath) || !existsSync(targetPath)) return t.skip(`test data missing: ${sourcePath}`);
-  const src = await load(sourcePath);
-  const tgt = await load(targetPath);
-  const ps = estimateStain(src.data, src.width * src.height);
-  const pt = estimateStain(tgt.data, tgt.width * tgt.height);
-  for (const p of [ps, pt]) {
-    const [h, e] = p.stainMatrix as [number[], number[]];
-    assert.ok(h[0]! > e[0]!, 'H absorbs more red than E');
-    assert.ok(e[1]! > e[0]! && e[1]! > e[2]!, 'E absorbs green most');
-  }
-  const out = normalizeStain(src.data, src.width * src.height, ps, pt);
-  assert.equal(out.length, src.data.length);
-  const pn = estimateStain(out, src.width * src.height);
-  for (const k of [0, 1]) {
-    const before = angleDegrees(ps.stainMatrix[k]!, pt.stainMatrix[k]!);
-    const after = angleDegrees(pn.stainMatrix[k]!, pt.stainMatrix[k]!);
-    assert.ok(after < before, `${k ? 'E' : 'H'}: ${after.toFixed(2)} deg after vs ${before.toFixed(2)} before`);
-  }
-});
+for (const variant of STAIN_PAIR_VARIANTS) {
+  test(`${variant.kind} H&E: normalising source to target moves its stain vectors to the target`, async () => {
+    const { source: src, target: tgt } = await variant.load();
+    const ps = estimateStain(src.data, src.width * src.height);
+    const pt = estimateStain(tgt.data, tgt.width * tgt.height);
+    for (const p of [ps, pt]) {
+      const [h, e] = p.stainMatrix as [number[], number[]];
+      assert.ok(h[0]! > e[0]!, 'H absorbs more red than E');
+      assert.ok(e[1]! > e[0]! && e[1]! > e[2]!, 'E absorbs green most');
+    }
+    const out = normalizeStain(src.data, src.width * src.height, ps, pt);
+    assert.equal(out.length, src.data.length);
+    const pn = estimateStain(out, src.width * src.height);
+    for (const k of [0, 1]) {
+      const before = angleDegrees(ps.stainMatrix[k]!, pt.stainMatrix[k]!);
+      const after = angleDegrees(pn.stainMatrix[k]!, pt.stainMatrix[k]!);
+      assert.ok(after < before, `${k ? 'E' : 'H'}: ${after.toFixed(2)} deg after vs ${before.toFixed(2)} before`);
+    }
+  });
+}
 
 test('StainEstimator: provisional before ready, then one frozen estimate per slide', () => {
   const side = 128;

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { decodeImage } from '../src/imaging/decode.js';
 import {
   MIN_FOREGROUND_FRACTION,
@@ -13,10 +12,10 @@ import {
   tissueMaskInto,
 } from '../src/imaging/tissue.js';
 import { rng } from './support/random.js';
+import { TISSUE_PNG_VARIANTS } from './support/slideTiles.js';
 
 const PINK = [200, 120, 180] as const;
 const WHITE = [245, 245, 245] as const;
-const ebhiPath = fileURLToPath(new URL('../../shared/data/ebhi/images', import.meta.url));
 
 /** A w x h tile of background with tissue wherever isTissue(x, y). */
 function tile(w: number, h: number, isTissue: (x: number, y: number) => boolean): Uint8Array {
@@ -174,17 +173,16 @@ test('bad sizes are refused', () => {
   assert.throws(() => tissueFraction(new Uint8Array(0), 0, 5), RangeError);
 });
 
-test('real H&E: a tissue image is mostly foreground, a glass crop is background', async (t) => {
-  if (!existsSync(ebhiPath)) return t.skip(`test data missing: ${ebhiPath}`);
-  const img = await decodeImage(readFileSync(new URL('A-GT2001814-2-400-001.png', `file://${ebhiPath}`)), {
-    maxPixels: 1 << 24,
+for (const variant of TISSUE_PNG_VARIANTS) {
+  test(`${variant.kind} H&E: a tissue image is mostly foreground, a glass crop is background`, async () => {
+    const img = await decodeImage(readFileSync(await variant.load()), { maxPixels: 1 << 24 });
+    const f = tissueFraction(img.data, img.width, img.height);
+    assert.ok(f >= MIN_FOREGROUND_FRACTION, `tissue fraction ${f}`);
+    // The same tile washed towards glass (low saturation) is background.
+    const washed = img.data.map((v) => 235 + Math.round(v / 32));
+    assert.ok(tissueFraction(washed, img.width, img.height) < 0.05);
   });
-  const f = tissueFraction(img.data, img.width, img.height);
-  assert.ok(f >= MIN_FOREGROUND_FRACTION, `tissue fraction ${f}`);
-  // The same tile washed towards glass (low saturation) is background.
-  const washed = img.data.map((v) => 235 + Math.round(v / 32));
-  assert.ok(tissueFraction(washed, img.width, img.height) < 0.05);
-});
+}
 
 test('the integer saturation rule equals the float one for every (max, min) pair', () => {
   // One pixel per pair, as (max, min, min): the threshold sees exactly max and min.

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,10 +13,9 @@ import { loadConfig } from '../src/server/config.js';
 import { startServer, type RunningServer } from '../src/server/grpcServer.js';
 import { createLogger } from '../src/telemetry/logger.js';
 import { Metrics } from '../src/telemetry/metrics.js';
-import { decodeMask, haveSlide, SLIDE_MISSING, SVS_MPP, SVS_PATH } from './support/slideTiles.js';
+import { decodeMask, SLIDE_VARIANTS, SVS_MPP, tissuePng } from './support/slideTiles.js';
 
 const CLI = fileURLToPath(new URL('../bin/histoseg.js', import.meta.url));
-const PNG_PATH = fileURLToPath(new URL('../../shared/data/ebhi/images/A-GT2001814-2-400-001.png', import.meta.url));
 
 async function tileCounts(metrics: Metrics): Promise<Record<string, number>> {
   const out: Record<string, number> = { segmented: 0, background: 0, invalid: 0 };
@@ -71,40 +70,50 @@ describe('histoseg segment', () => {
     assert.throws(() => readTokenFile(token), /expected one line/);
   });
 
-  it('segments the real SVS region level 0 and writes a full-size mask and overlay whose counts match the summary', { skip: haveSlide ? false : SLIDE_MISSING }, async () => {
-    const before = await tileCounts(server.metrics);
-    const out = join(dir, 'mask.png');
-    const overlay = join(dir, 'overlay.png');
-    const progress: number[] = [];
-    const summary = await segmentImage({ server: address, image: SVS_PATH, tile: 128, out, overlay, model: 'histoseg-bach@0.1.0', onProgress: (d) => progress.push(d) });
+  for (const variant of SLIDE_VARIANTS) {
+    it(`segments the ${variant.kind} slide at level 0 and writes a full-size mask and overlay whose counts match the summary`, async () => {
+      const slide = await variant.load();
+      const before = await tileCounts(server.metrics);
+      const out = join(dir, `mask-${slide.kind}.png`);
+      const overlay = join(dir, `overlay-${slide.kind}.png`);
+      const progress: number[] = [];
+      const summary = await segmentImage({ server: address, image: slide.path, tile: 128, out, overlay, model: 'histoseg-bach@0.1.0', onProgress: (d) => progress.push(d) });
 
-    assert.deepEqual([summary.image.width, summary.image.height], [2220, 2967]);
-    assert.equal(summary.image.mpp, SVS_MPP, 'the mpp comes from the SVS description');
-    // Tiled at the model's 7.5 um/px: 2220 x 0.499 / 7.5 = 148 wide.
-    assert.deepEqual(summary.modelScale, { width: 148, height: 197, mpp: 7.5 });
-    assert.deepEqual(summary.model, { name: 'histoseg-bach', version: '0.1.0', trained: false });
-    const total = Math.ceil(148 / 128) * Math.ceil(197 / 128);
-    assert.equal(summary.tiles.total, total);
-    assert.equal(summary.tiles.segmented + summary.tiles.background + summary.tiles.invalid, total);
-    assert.equal(summary.tiles.invalid, 0, JSON.stringify(summary.invalid));
-    assert.ok(summary.tiles.segmented >= 2, 'the tissue tiles were segmented');
-    assert.deepEqual(progress, Array.from({ length: total + 1 }, (_, i) => i));
+      assert.deepEqual([summary.image.width, summary.image.height], [slide.width, slide.height]);
+      assert.equal(summary.image.mpp, slide.mpp, 'the mpp comes from the slide\'s ImageDescription');
+      // Tiled at the model's 7.5 um/px.
+      const mw = Math.round((slide.width * slide.mpp) / 7.5);
+      const mh = Math.round((slide.height * slide.mpp) / 7.5);
+      assert.deepEqual(summary.modelScale, { width: mw, height: mh, mpp: 7.5 });
+      if (slide.kind === 'real') {
+        assert.deepEqual([slide.width, slide.height, summary.image.mpp], [2220, 2967, SVS_MPP]);
+        assert.deepEqual([mw, mh], [148, 197], '2220 x 0.499 / 7.5 = 148 wide');
+      }
+      assert.deepEqual(summary.model, { name: 'histoseg-bach', version: '0.1.0', trained: false });
+      const total = Math.ceil(mw / 128) * Math.ceil(mh / 128);
+      assert.equal(summary.tiles.total, total);
+      assert.equal(summary.tiles.segmented + summary.tiles.background + summary.tiles.invalid, total);
+      assert.equal(summary.tiles.invalid, 0, JSON.stringify(summary.invalid));
+      assert.ok(summary.tiles.segmented >= 2, 'the tissue tiles were segmented');
+      assert.deepEqual(progress, Array.from({ length: total + 1 }, (_, i) => i));
 
-    // The server counted the same tiles.
-    const after = await tileCounts(server.metrics);
-    for (const k of ['segmented', 'background', 'invalid'] as const) assert.equal(after[k] - before[k], summary.tiles[k], k);
+      // The server counted the same tiles.
+      const after = await tileCounts(server.metrics);
+      for (const k of ['segmented', 'background', 'invalid'] as const) assert.equal(after[k] - before[k], summary.tiles[k], k);
 
-    const mask = await decodeMask(readFileSync(out));
-    assert.deepEqual([mask.width, mask.height, mask.channels], [2220, 2967, 1], 'mask has the input size, one channel');
-    assertSharesMatch(summary, mask.data, 0.01);
-    const ov = await sharp(overlay).metadata();
-    assert.deepEqual([ov.width, ov.height], [2220, 2967]);
-  });
+      const mask = await decodeMask(readFileSync(out));
+      assert.deepEqual([mask.width, mask.height, mask.channels], [slide.width, slide.height, 1], 'mask has the input size, one channel');
+      assertSharesMatch(summary, mask.data, 0.01);
+      const ov = await sharp(overlay).metadata();
+      assert.deepEqual([ov.width, ov.height], [slide.width, slide.height]);
+    });
+  }
 
-  it('runs from the CLI on a PNG with --json, and the JSON agrees with the mask', { skip: existsSync(PNG_PATH) ? false : `missing ${PNG_PATH}` }, async () => {
+  it('runs from the CLI on a PNG with --json, and the JSON agrees with the mask', async () => {
+    const png = await tissuePng();
     const out = join(dir, 'png-mask.png');
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HISTOSEG_')));
-    const { stdout } = await promisify(execFile)(process.execPath, [CLI, 'segment', '--server', address, '--image', PNG_PATH, '--mpp', '0', '--tile', '200', '--out', out, '--json'], { env });
+    const { stdout } = await promisify(execFile)(process.execPath, [CLI, 'segment', '--server', address, '--image', png, '--mpp', '0', '--tile', '200', '--out', out, '--json'], { env });
     const summary = JSON.parse(stdout) as SegmentSummary;
     assert.equal(summary.tiles.total, 9, '512x512 in 200px tiles');
     assert.equal(summary.tiles.segmented + summary.tiles.background, 9);
@@ -116,10 +125,11 @@ describe('histoseg segment', () => {
     assertSharesMatch(summary, mask.data, 1e-4);
   });
 
-  it('fails clearly: no mpp in a PNG, a bad tile size, an unknown model version', { skip: existsSync(PNG_PATH) ? false : `missing ${PNG_PATH}` }, async () => {
-    await assert.rejects(segmentImage({ server: address, image: PNG_PATH }), /--mpp/);
-    await assert.rejects(segmentImage({ server: address, image: PNG_PATH, mpp: 0, tile: 64 }), /--tile/);
-    await assert.rejects(segmentImage({ server: address, image: PNG_PATH, mpp: 0, model: 'histoseg-bach@9.9.9' }), (err: ServiceError) => {
+  it('fails clearly: no mpp in a PNG, a bad tile size, an unknown model version', async () => {
+    const png = await tissuePng();
+    await assert.rejects(segmentImage({ server: address, image: png }), /--mpp/);
+    await assert.rejects(segmentImage({ server: address, image: png, mpp: 0, tile: 64 }), /--tile/);
+    await assert.rejects(segmentImage({ server: address, image: png, mpp: 0, model: 'histoseg-bach@9.9.9' }), (err: ServiceError) => {
       assert.equal(err.code, status.NOT_FOUND);
       assert.match(err.details, /9\.9\.9/);
       return true;

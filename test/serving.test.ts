@@ -142,7 +142,7 @@ describe('server: one stream cannot starve the others; the queue bound is in win
   });
 
   it('health is NOT_SERVING while the only engine worker is dead, SERVING once it is replaced; tiles work again', async () => {
-    const model = await server.registry.get('', '');
+    const model = (await server.registry.get('', '')) as unknown as { pool: EnginePool };
     const health = watchHealth(address, 'histoseg.v1.SegmentationService');
     try {
       await health.reaches('SERVING');
@@ -161,7 +161,7 @@ describe('server: one stream cannot starve the others; the queue bound is in win
   });
 
   it('a worker killed mid-batch ends the streams whose windows it held with UNAVAILABLE, never a hang', async () => {
-    const model = await server.registry.get('', '');
+    const model = (await server.registry.get('', '')) as unknown as { pool: EnginePool };
     const s = openStream(clients);
     s.send([await noiseTile('lost', 600, 6)]);
     s.call.end();

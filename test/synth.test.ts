@@ -98,6 +98,8 @@ test('the output is a dataset in the generic layout', async () => {
   assert.equal(await readFile(join(a, 'classes.txt'), 'utf8'), 'normal\nbenign\nin situ\ninvasive\n');
   const json = JSON.parse(await readFile(join(a, 'dataset.json'), 'utf8'));
   assert.deepEqual(json, {
+    description: 'synthetic slides from histoseg synth (seed 11, 2 slides), not real tissue',
+    synthetic: true,
     mpp: 7.5,
     slides: { 'synth-000': { split: 'train', mpp: 7.5 }, 'synth-001': { split: 'test', mpp: 7.5 } },
   });

@@ -8,7 +8,7 @@ import { labelOneWindow, TilePipeline, type TileResult } from '../src/pipeline/s
 import type { Tile } from '../src/proto/gen/histoseg/v1/segmentation.js';
 import { testManifest } from './support/manifest.js';
 import { rng } from './support/random.js';
-import { haveSlide, SLIDE_MISSING, SVS_PATH } from './support/slideTiles.js';
+import { testSlide } from './support/slideTiles.js';
 
 /** A plausible H&E reference (the bundled model's is of the same form). */
 const STAIN_REFERENCE = {
@@ -122,9 +122,9 @@ function shufflingBatcher(expected: number, C: number, rand: () => number) {
   };
 }
 
-test('tiles processed concurrently never see one another\'s pooled buffers', { skip: !haveSlide && SLIDE_MISSING }, async () => {
+test('tiles processed concurrently never see one another\'s pooled buffers', async () => {
   // Crops at 2 um/px, sent as if at the model's scale (mpp 0): here only what the pixels are matters.
-  const { data, info } = await sharp(SVS_PATH).resize(555, 742, { kernel: 'linear' }).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  const { data, info } = await sharp((await testSlide()).path).resize(555, 742, { kernel: 'linear' }).removeAlpha().raw().toBuffer({ resolveWithObject: true });
   const slide = { data, width: info.width };
   const tiles: Tile[] = [];
   for (const [x, y] of [[200, 150], [300, 250], [250, 400], [350, 500], [150, 450], [280, 80]]) {

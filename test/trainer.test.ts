@@ -14,7 +14,8 @@ import { readDataset } from '../src/data/datasets/readDataset.js';
 import { writeSynthDataset } from '../src/synth/dataset.js';
 import { classWeights, itemCrossEntropy, weightedPixelCrossEntropy } from '../src/training/fit/losses.js';
 import { epochOrder, fractionCount, selectPatches } from '../src/training/fit/trainingData.js';
-import { train, type TrainOptions } from '../src/training/fit/trainer.js';
+import { train, type TrainOptions } from '../src/training/jobs/trainOnDataset.js';
+import type { FitEvent } from '../src/training/fit/trainer.js';
 import { parseSegFraction, registerTrain } from '../src/cli/trainCommand.js';
 
 const logSoftmax = (z: number[]) => {
@@ -155,6 +156,28 @@ describe('training on a tiny synthetic dataset', () => {
     const [a, b] = [await checkpointWeights(join(root, 'full')), await checkpointWeights(join(root, 'split'))];
     assert.equal(a.length, b.length);
     a.forEach((w, i) => assert.deepEqual(w, b[i], `weight ${i} differs after resume`));
+  });
+
+  it('fit reports through hooks and stops between steps when aborted', async () => {
+    const events: FitEvent[] = [];
+    const ctrl = new AbortController();
+    let failure: unknown;
+    try {
+      await train(
+        { ...base, maxStepsPerEpoch: 3, epochs: 2, workDir: join(root, 'abort'), log: undefined },
+        {
+          onProgress: (e) => {
+            events.push(e);
+            if (e.kind === 'step' && e.step === 1) ctrl.abort(new Error('cancelled by the test'));
+          },
+          signal: ctrl.signal,
+        },
+      );
+    } catch (e) {
+      failure = e;
+    }
+    assert.match(String((failure as Error)?.message), /cancelled by the test/);
+    assert.deepEqual(events.map((e) => e.kind), ['start', 'step'], 'no step, validation or checkpoint after the abort');
   });
 
   it('histoseg train writes a trained version with lineage whose ONNX matches TF.js', async () => {

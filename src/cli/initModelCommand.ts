@@ -42,6 +42,8 @@ export async function initModel(opts: InitModelOptions): Promise<ModelEntry> {
     inputSize: INPUT_SIZE,
     mpp: MODEL_MPP,
     trained: false,
+    trainedOn: 'nothing: seeded random weights',
+    demoOnly: true,
     stainReference: MACENKO_DEFAULT_REFERENCE,
     createdAt: new Date().toISOString(),
     lineage: { parent: null, datasetHash: null, settings: { init: 'random', seed: opts.seed } },

@@ -3,23 +3,20 @@ import { type Command, InvalidArgumentError } from 'commander';
 import cliProgress from 'cli-progress';
 import sharp from 'sharp';
 import type { ModelInfo } from '../proto/gen/histoseg/v1/model.js';
-import { TileStatus, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
-import { openSlide, readSlideRgb, type RgbImage } from '../data/slides/slideReader.js';
-import { connect, segmentTiles, type HistosegClients } from '../client/segmentationClient.js';
+import { openSlide, readSlideRgb } from '../data/slides/slideReader.js';
+import { connect, type HistosegClients } from '../client/segmentationClient.js';
+import { remoteSegmenter } from '../client/remoteSegmenter.js';
+import { DEFAULT_SLIDE_TILE, imageSource, segmentSlide, type Region } from '../pipeline/segmentSlide.js';
 
-/**
- * Tile side in pixels at the model's scale: 4 model windows across, so most windows see tissue rather than the
- * white padding a smaller tile gets (the paper's model struggles when the region of interest is a small part of
- * the patch, Sec. 4), and the server blends the overlapping windows inside each tile.
- */
-export const DEFAULT_TILE = 512;
+/** Tile side in pixels at the model's scale (pipeline/segmentSlide.ts says why 512). */
+export const DEFAULT_TILE = DEFAULT_SLIDE_TILE;
 /** The model's input side (paper Sec. 2.2): smaller tiles would be mostly padding. */
 const MIN_TILE = 128;
 /** The server refuses tiles over 4096x4096 pixels by default (HISTOSEG_MAX_TILE_PIXELS). */
 const MAX_TILE = 4096;
 /** Largest image stitched into a full-size mask or overlay: sharp's own default input limit, 0x3FFF squared. */
 export const MAX_STITCH_PIXELS = 0x3fff * 0x3fff;
-/** Tiles encoded ahead of the stream, so encoding overlaps with the server's work. */
+/** Tiles read ahead of the stream. */
 const READ_AHEAD = 4;
 /** Opacity of the class colours painted over the image. */
 const OVERLAY_ALPHA = 0.45;
@@ -67,13 +64,6 @@ export interface SegmentSummary {
   overlay?: string;
 }
 
-interface Region {
-  left: number;
-  top: number;
-  width: number;
-  height: number;
-}
-
 export function parseModelRef(ref: string | undefined): { name: string; version: string } {
   if (!ref) return { name: '', version: '' };
   const at = ref.lastIndexOf('@');
@@ -93,36 +83,11 @@ export function readTokenFile(path: string): string {
   return fields[fields.length - 1]!;
 }
 
-function planRegions(width: number, height: number, tile: number): Region[] {
-  const out: Region[] = [];
-  for (let top = 0; top < height; top += tile) {
-    for (let left = 0; left < width; left += tile) out.push({ left, top, width: Math.min(tile, width - left), height: Math.min(tile, height - top) });
-  }
-  return out;
-}
-
 /** "#rrggbb" -> [r, g, b]. */
 function parseColor(hex: string): [number, number, number] {
   const m = /^#?([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(hex);
   if (!m) return [0, 0, 0];
   return [parseInt(m[1]!, 16), parseInt(m[2]!, 16), parseInt(m[3]!, 16)];
-}
-
-/** Runs the jobs in order with up to `ahead` of them started early. */
-async function* readAhead<T>(jobs: (() => Promise<T>)[], ahead: number): AsyncGenerator<T> {
-  const started: Promise<T>[] = [];
-  let next = 0;
-  const start = () => {
-    const p = jobs[next++]!();
-    p.catch(() => undefined); // awaited below, in order
-    started.push(p);
-  };
-  while (next < jobs.length && started.length < ahead) start();
-  while (started.length > 0) {
-    const value = await started.shift()!;
-    if (next < jobs.length) start();
-    yield value;
-  }
 }
 
 function getModel(clients: HistosegClients, name: string, version: string): Promise<ModelInfo> {
@@ -157,16 +122,6 @@ async function writeOverlay(path: string, image: string, labels: Uint8Array, wid
     .toFile(path);
 }
 
-/** Cuts a region of an RGB image out as PNG. */
-function encodeRegion(img: RgbImage, r: Region): Promise<Buffer> {
-  const buf = Buffer.alloc(r.width * r.height * 3);
-  for (let y = 0; y < r.height; y++) {
-    const src = ((r.top + y) * img.width + r.left) * 3;
-    buf.set(img.data.subarray(src, src + r.width * 3), y * r.width * 3);
-  }
-  return sharp(buf, { raw: { width: r.width, height: r.height, channels: 3 } }).png({ compressionLevel: 1 }).toBuffer();
-}
-
 /**
  * Segments one slide or image over a single SegmentTiles stream and stitches the answers. The image is read once
  * at the model's scale (from the coarsest pyramid level that is fine enough) and tiled there, so tiles carry
@@ -196,40 +151,18 @@ export async function segmentImage(opts: SegmentImageOptions): Promise<SegmentSu
     const mw = Math.max(1, Math.round(width * scale));
     const mh = Math.max(1, Math.round(height * scale));
     const img = await readSlideRgb(slide, mw, mh);
-    const regions = planRegions(mw, mh, tile);
     // Tiles carry their level-0 place, which the server echoes back.
     const level0 = (r: Region) => ({ x: Math.round(r.left / scale), y: Math.round(r.top / scale) });
-    const jobs = regions.map((r) => async (): Promise<Tile> => ({ tileId: `${r.left},${r.top}`, image: await encodeRegion(img, r), mpp: model.mpp, ...level0(r) }));
-    const labels = wantMask ? new Uint8Array(mw * mh) : undefined;
-    const counts = new Float64Array(C);
-    const tiles = { total: regions.length, segmented: 0, background: 0, invalid: 0 };
-    const invalid: SegmentSummary['invalid'] = [];
-
-    let done = 0;
-    opts.onProgress?.(0, regions.length);
-    const stream = segmentTiles(clients, readAhead(jobs, READ_AHEAD), { modelName: model.name, modelVersion: model.version, omitMask: !wantMask });
-    for await (const a of stream) {
-      const r = regions[done]!;
-      if (a.tileId !== `${r.left},${r.top}`) throw new Error(`answer ${done} is for tile ${a.tileId}, expected ${r.left},${r.top}`);
-      done++;
-      if (a.status === TileStatus.TILE_STATUS_INVALID) {
-        tiles.invalid++;
-        invalid.push({ ...level0(r), error: a.error });
-      } else {
-        if (a.status === TileStatus.TILE_STATUS_SEGMENTED) tiles.segmented++;
-        else tiles.background++;
-        a.classFractions.forEach((f, k) => (counts[k] += f * r.width * r.height));
-        if (labels) {
-          // extractChannel: sharp 0.35 widens greyscale to 3 channels on raw output.
-          const { data, info } = await sharp(a.mask).extractChannel(0).raw().toBuffer({ resolveWithObject: true });
-          if (info.width !== r.width || info.height !== r.height) throw new Error(`mask of tile ${a.tileId} is ${info.width}x${info.height}, expected ${r.width}x${r.height}`);
-          for (let y = 0; y < r.height; y++) labels.set(data.subarray(y * r.width, (y + 1) * r.width), (r.top + y) * mw + r.left);
-        }
-      }
-      opts.onProgress?.(done, regions.length);
-    }
-    if (done !== regions.length) throw new Error(`the stream ended after ${done} of ${regions.length} answers`);
-
+    const result = await segmentSlide(imageSource(img), remoteSegmenter(clients, model, (t) => level0(t.region)), {
+      numClasses: C,
+      tile,
+      wantLabels: wantMask,
+      readAhead: READ_AHEAD,
+      onProgress: opts.onProgress,
+    });
+    const { tiles, labels } = result;
+    const invalid = result.invalid.map((t) => ({ ...level0(t.region), error: t.error }));
+    const counts = result.pixels;
     const answered = counts.reduce((s, c) => s + c, 0);
     const summary: SegmentSummary = {
       model: { name: model.name, version: model.version, trained: model.trained },

@@ -1,10 +1,10 @@
 // `histoseg train`: train on a dataset and write the result as a new model version (with ONNX parity checked).
 import { relativeL2 } from '../engine/engine.js';
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
-import { join, relative, resolve } from 'node:path';
+import { join } from 'node:path';
+import { datasetHash } from '../data/datasets/datasetHash.js';
 import type { Command } from 'commander';
+import cliProgress from 'cli-progress';
+import type { FitEvent } from '../training/fit/trainer.js';
 import type * as tfTypes from '@tensorflow/tfjs';
 import { BACH_CLASSES, INPUT_SIZE, MODEL_MPP } from '../util/constants.js';
 import type { Manifest } from '../model/manifest.js';
@@ -57,28 +57,8 @@ export function parseSetting(value: string): Setting {
   return s;
 }
 
-async function listFiles(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await readdir(dir, { withFileTypes: true })) {
-    if (e.name.startsWith('.')) continue;
-    const path = join(dir, e.name);
-    if (e.isDirectory()) out.push(...(await listFiles(path)));
-    else if (e.isFile()) out.push(path);
-  }
-  return out;
-}
-
-/** sha256 over every (non-hidden) file of the dataset: its relative path, size and contents, in path order. */
-export async function datasetHash(root: string): Promise<string> {
-  const files = (await listFiles(resolve(root))).map((f) => relative(resolve(root), f)).sort();
-  const h = createHash('sha256');
-  for (const rel of files) {
-    const path = join(resolve(root), rel);
-    h.update(`${rel}\0${(await stat(path)).size}\0`);
-    for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  }
-  return `sha256:${h.digest('hex')}`;
-}
+/** sha256 of a dataset folder's files (moved to data/datasets; re-exported for callers of this module). */
+export { datasetHash };
 
 /** The next version of `name`: minor bump of the newest x.y.z, +1 of a plain integer, else 1.0.0 for a new name. */
 export function nextVersion(existing: readonly string[]): string {
@@ -132,15 +112,25 @@ export async function checkOnnxParity(model: tfTypes.LayersModel, numClasses: nu
   }
 }
 
+/** What a trained model's manifest says it was trained on. */
+function trainedOnText(dataset: { layout: string; synthetic?: boolean; description?: string; slides: unknown[]; patches: unknown[] }, base?: ModelEntry): string {
+  const what =
+    dataset.description ??
+    (dataset.synthetic ? 'synthetic slides, not real tissue' : `a ${dataset.layout} dataset of ${dataset.slides.length} slides and ${dataset.patches.length} patches`);
+  return base ? `${what}, fine-tuned from ${base.name}@${base.version} (trained on ${base.manifest.trainedOn})` : what;
+}
+
 /** Trains and writes a new version; returns it. */
 export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
   const log = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
   // TF.js loads only when this command runs, not whenever the CLI starts.
-  const [{ readDataset }, { train }, { listModels, modelFilePath, resolveModel, saveModelVersion }] = await Promise.all([
+  const [{ readDataset }, { train }, { listModels, modelFilePath, removeStaleTemporaries, resolveModel, saveModelVersion }] = await Promise.all([
     import('../data/datasets/readDataset.js'),
-    import('../training/fit/trainer.js'),
+    import('../training/jobs/trainOnDataset.js'),
     import('../model/repository.js'),
   ]);
+  // A crashed run's half-written version folders go first (a live writer's are left alone).
+  for (const dir of await removeStaleTemporaries(opts.models)) log(`removed ${dir}, left by a crashed run`);
   const existing = await listModels(opts.models).catch(() => [] as ModelEntry[]);
   const version = opts.version ?? nextVersion(existing.filter((e) => e.name === opts.name).map((e) => e.version));
   if (existing.some((e) => e.name === opts.name && e.version === version)) {
@@ -157,6 +147,7 @@ export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
     throw new Error(`--base ${opts.base} has ${base.manifest.classes.length} classes, the dataset ${dataset.classes.length}`);
   }
   const hash = await datasetHash(opts.data);
+  const progress = trainProgress(opts.progress ?? process.stderr.isTTY === true, log);
   const result = await train({
     dataset,
     setting: opts.setting,
@@ -169,9 +160,9 @@ export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
     baseModel: base ? modelFilePath(base.dir, base.manifest.files.tfjs) : undefined,
     resume: opts.resume,
     maxStepsPerEpoch: opts.maxSteps,
-    progress: opts.progress,
+    datasetHash: hash,
     log,
-  });
+  }, { onProgress: progress.onEvent }).finally(() => progress.stop());
   try {
     const parity = await checkOnnxParity(result.model, dataset.classes.length, opts.seed);
     const v = result.validation;
@@ -190,6 +181,8 @@ export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
       inputSize: INPUT_SIZE,
       mpp: MODEL_MPP,
       trained: true,
+      trainedOn: trainedOnText(dataset, base),
+      demoOnly: dataset.synthetic === true || base?.manifest.demoOnly === true,
       stainReference: result.stainReference,
       createdAt: new Date().toISOString(),
       lineage: {
@@ -223,6 +216,49 @@ export async function runTrain(opts: TrainCommandOptions): Promise<ModelEntry> {
   } finally {
     result.model.dispose();
   }
+}
+
+/**
+ * A progress bar on stderr for a terminal, else one plain line per epoch. With a bar, the epoch lines wait until it
+ * stops, so they do not tear it.
+ */
+function trainProgress(useBar: boolean, log: (line: string) => void): { onEvent: (e: FitEvent) => void; stop: () => void } {
+  const bar = useBar
+    ? new cliProgress.SingleBar(
+        {
+          stream: process.stderr,
+          format: 'epoch {epoch}/{epochs} |{bar}| {value}/{total} steps | loss {loss} (seg {seg}, cls {cls}) | ETA {eta_formatted}',
+          etaBuffer: 50,
+        },
+        cliProgress.Presets.shades_classic,
+      )
+    : null;
+  const lines: string[] = [];
+  const fmt = (v: number | null) => (v === null ? 'n/a' : v.toFixed(4));
+  return {
+    onEvent(e) {
+      if (e.kind === 'start') {
+        bar?.start((e.epochs - e.epochsDone) * e.stepsPerEpoch, 0, { epoch: e.epochsDone + 1, epochs: e.epochs, loss: '-', seg: '-', cls: '-' });
+      } else if (e.kind === 'step') {
+        bar?.increment(1, { epoch: e.epoch, loss: e.loss.toFixed(4), seg: e.seg.toFixed(4), cls: e.cls.toFixed(4) });
+      } else {
+        const r = e.record;
+        const line =
+          `epoch ${r.epoch}/${e.epochs}: loss ${r.lossTotal.toFixed(4)} (seg ${r.lossSeg.toFixed(4)}, ` +
+          `cls ${r.lossCls.toFixed(4)}), ${e.imagesPerSecond.toFixed(1)} images/s` +
+          (r.macroF1 !== null || r.bachScore !== null ? `, validation macro F1 ${fmt(r.macroF1)}, BACH ${fmt(r.bachScore)}` : '') +
+          (e.best ? ' (best)' : '');
+        if (bar) {
+          bar.update({ epoch: Math.min(r.epoch + 1, e.epochs) });
+          lines.push(line);
+        } else log(line);
+      }
+    },
+    stop() {
+      bar?.stop();
+      lines.splice(0).forEach((l) => log(l));
+    },
+  };
 }
 
 function positiveInt(flag: string, value: string): number {

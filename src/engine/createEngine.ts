@@ -1,5 +1,6 @@
 import type { Manifest } from '../model/manifest.js';
 import { modelFilePath } from '../model/repository.js';
+import { enginePlacement } from './engineDevices.js';
 import { ENGINE_KINDS, type Device, type Engine, type EngineKind, type MaskOutput } from './engine.js';
 
 export interface CreateEngineOptions {
@@ -7,7 +8,10 @@ export interface CreateEngineOptions {
   readonly threads: number;
   /** Default 'mask'; serving asks for 'seg16'. */
   readonly maskOutput?: MaskOutput;
+  /** Default cpu; the pair (kind, device) must be a row of engineDevices.ts's table. */
   readonly device?: Device;
+  /** webgpu: accept a software adapter (config allowSoftwareGpu). */
+  readonly allowSoftwareGpu?: boolean;
 }
 
 type Factory = (modelDir: string, manifest: Manifest, opts: CreateEngineOptions) => Promise<Engine>;
@@ -16,11 +20,19 @@ type Factory = (modelDir: string, manifest: Manifest, opts: CreateEngineOptions)
 const FACTORIES: Record<EngineKind, Factory> = {
   onnx: async (dir, m, o) => {
     const { OnnxEngine } = await import('./onnxEngine.js');
-    return OnnxEngine.create(modelFilePath(dir, m.files.onnx), m.classes.length, { intraOpNumThreads: o.threads, maskOutput: o.maskOutput, device: o.device });
+    return OnnxEngine.create(modelFilePath(dir, m.files.onnx), m.classes.length, {
+      intraOpNumThreads: o.threads,
+      maskOutput: o.maskOutput,
+      device: o.device,
+      allowSoftwareGpu: o.allowSoftwareGpu,
+    });
   },
   tfjs: async (dir, m, o) => {
     const { TfjsEngine } = await import('./tfjsEngine.js');
-    return TfjsEngine.create(modelFilePath(dir, m.files.tfjs), m.classes.length, o.maskOutput);
+    return TfjsEngine.create(modelFilePath(dir, m.files.tfjs), m.classes.length, o.maskOutput, {
+      device: o.device ?? 'cpu',
+      allowSoftwareGpu: o.allowSoftwareGpu,
+    });
   },
 };
 
@@ -38,5 +50,6 @@ export async function createEngine(
   if (!Number.isInteger(opts.threads) || opts.threads < 1) {
     throw new Error(`engine threads must be a positive integer, got ${opts.threads}`);
   }
+  enginePlacement(kind, opts.device ?? 'cpu'); // throws for a pair the table does not have, listing the valid ones
   return factory(modelDir, manifest, opts);
 }

@@ -1,3 +1,5 @@
+import type { GpuAdapterInfo } from '../util/gpuAdapter.js';
+
 /**
  * The one interface the batcher sees. Engines run in worker threads (see workerPool.ts), because
  * onnxruntime-node's run() blocks the thread it runs on.
@@ -26,13 +28,15 @@ export interface Engine {
   /** "onnx", "tfjs/wasm", "tfjs/tensorflow" (tfjs-node), ... */
   readonly name: string;
   readonly numClasses: number;
+  /** GPU engines: the adapter they run on (logged at load). */
+  readonly adapter?: GpuAdapterInfo;
   run(input: EngineInput): Promise<EngineOutput>;
   dispose(): Promise<void>;
 }
 
 export const ENGINE_KINDS = ['onnx', 'tfjs'] as const;
-/** Devices for the onnx engine, each mapped to onnxruntime execution providers in onnxEngine.ts. */
-export const DEVICES = ['cpu', 'cuda'] as const;
+/** Where an engine runs; which (engine, device) pairs exist, and their worker policy, is engineDevices.ts's table. */
+export const DEVICES = ['cpu', 'cuda', 'webgpu'] as const;
 export type Device = (typeof DEVICES)[number];
 export type EngineKind = (typeof ENGINE_KINDS)[number];
 

@@ -11,8 +11,13 @@ if (!port) throw new Error('engineWorker must run in a worker thread');
 const init = workerData as WorkerInit;
 let engine: Engine;
 try {
-  engine = await createEngine(init.kind, init.modelDir, init.manifest, { threads: init.threads, maskOutput: 'seg16', device: init.device });
-  port.postMessage({ type: 'ready', engine: engine.name } satisfies WorkerReply);
+  engine = await createEngine(init.kind, init.modelDir, init.manifest, {
+    threads: init.threads,
+    maskOutput: 'seg16',
+    device: init.device,
+    allowSoftwareGpu: init.allowSoftwareGpu,
+  });
+  port.postMessage({ type: 'ready', engine: engine.name, adapter: engine.adapter } satisfies WorkerReply);
 } catch (err) {
   port.postMessage({ type: 'failed', message: (err as Error).message } satisfies WorkerReply);
   process.exit(1);
@@ -22,11 +27,18 @@ const size = init.manifest.inputSize;
 const windowBytes = 3 * size * size;
 // One float buffer, grown to the largest batch seen: the main thread ships bytes, 4x less than floats.
 let input = new Float32Array(0);
+// Batches run one after another: the pool may post the next while one runs (a GPU's batchesPerWorker), and the
+// input buffer above is shared.
+let chain: Promise<void> = Promise.resolve();
 
-port.on('message', async (msg: WorkerRequest) => {
+port.on('message', (msg: WorkerRequest) => {
+  chain = chain.then(() => handle(msg));
+});
+
+async function handle(msg: WorkerRequest): Promise<void> {
   if (msg.type === 'dispose') {
     await engine.dispose();
-    port.close();
+    port!.close();
     return;
   }
   const t0 = performance.now();
@@ -39,8 +51,8 @@ port.on('message', async (msg: WorkerRequest) => {
     const reply: WorkerReply = { type: 'result', id: msg.id, mask: out.mask, cls: out.cls, maskSize: out.maskSize, seconds: (performance.now() - t0) / 1000, rgb: msg.rgb };
     // Hand the outputs, and the input for reuse, back without copying.
     const transfer = [out.mask.buffer, out.cls.buffer, msg.rgb.buffer].filter((b, i, a) => a.indexOf(b) === i) as ArrayBuffer[];
-    port.postMessage(reply, transfer);
+    port!.postMessage(reply, transfer);
   } catch (err) {
-    port.postMessage({ type: 'error', id: msg.id, message: (err as Error).message } satisfies WorkerReply);
+    port!.postMessage({ type: 'error', id: msg.id, message: (err as Error).message } satisfies WorkerReply);
   }
-});
+}

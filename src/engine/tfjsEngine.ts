@@ -4,7 +4,7 @@ import { INPUT_SIZE, SEG16_SIZE } from '../util/constants.js';
 import { loadLayersModel } from '../model/network/tfjsIO.js';
 import type { Engine, EngineInput, EngineOutput, MaskOutput } from './engine.js';
 import { assertEngineInput, ownedArray } from '../engine/engineInput.js';
-import { selectTfBackend } from '../tf/backend.js';
+import { selectTfBackend, type TfBackendOptions } from '../tf/backend.js';
 
 /** TF.js engine with the same NCHW interface as OnnxEngine: the model is NHWC, so it transposes in and out. */
 export class TfjsEngine implements Engine {
@@ -15,29 +15,33 @@ export class TfjsEngine implements Engine {
     readonly numClasses: number,
     backend: string,
     private readonly maskSize: number,
+    private readonly owns: boolean,
   ) {
     this.name = `tfjs/${backend}`;
   }
 
   /** `modelPath` is the folder holding model.json, or model.json itself. */
-  static async create(modelPath: string, numClasses: number, maskOutput: MaskOutput = 'mask'): Promise<TfjsEngine> {
-    const backend = await selectTfBackend();
+  static async create(modelPath: string, numClasses: number, maskOutput: MaskOutput = 'mask', backendOpts: TfBackendOptions = {}): Promise<TfjsEngine> {
+    const backend = await selectTfBackend(backendOpts);
     return TfjsEngine.fromModel(await loadLayersModel(modelPath), numClasses, backend, maskOutput);
   }
 
-  /** Wraps a model already in memory; the engine owns it from now on. */
-  static fromModel(model: tf.LayersModel, numClasses: number, backend = tf.getBackend(), maskOutput: MaskOutput = 'mask'): TfjsEngine {
+  /**
+   * Wraps a model already in memory. The engine owns it (disposes it) unless `owns` is false, as for the trainer's
+   * model during validation.
+   */
+  static fromModel(model: tf.LayersModel, numClasses: number, backend = tf.getBackend(), maskOutput: MaskOutput = 'mask', owns = true): TfjsEngine {
     const c = modelNumClasses(model);
     if (c !== numClasses) {
-      model.dispose();
+      if (owns) model.dispose();
       throw new Error(`TF.js model has ${c} classes, the manifest says ${numClasses}`);
     }
     if (maskOutput === 'seg16') {
       // Same weights, outputs taken before the nearest upsampling.
       const sub = tf.model({ inputs: model.inputs, outputs: [model.getLayer(LAYER.seg16).output as tf.SymbolicTensor, model.outputs[1]] });
-      return new TfjsEngine(sub, numClasses, backend, SEG16_SIZE);
+      return new TfjsEngine(sub, numClasses, backend, SEG16_SIZE, owns);
     }
-    return new TfjsEngine(model, numClasses, backend, INPUT_SIZE);
+    return new TfjsEngine(model, numClasses, backend, INPUT_SIZE, owns);
   }
 
   async run(input: EngineInput): Promise<EngineOutput> {
@@ -57,6 +61,6 @@ export class TfjsEngine implements Engine {
   }
 
   async dispose(): Promise<void> {
-    this.model.dispose();
+    if (this.owns) this.model.dispose();
   }
 }

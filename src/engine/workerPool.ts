@@ -3,6 +3,8 @@ import { Worker } from 'node:worker_threads';
 import type { Manifest } from '../model/manifest.js';
 import type { Device, EngineKind, EngineOutput } from './engine.js';
 import type { WorkerInit, WorkerReply } from './workerProtocol.js';
+import type { GpuAdapterInfo } from '../util/gpuAdapter.js';
+import { startModuleWorker } from '../util/moduleWorker.js';
 
 export interface PoolOptions {
   kind: EngineKind;
@@ -12,6 +14,10 @@ export interface PoolOptions {
   threads: number;
   workers: number;
   device?: Device;
+  /** Batches posted to one worker at a time (the engine table's batchesPerWorker); default 1. */
+  batchesPerWorker?: number;
+  /** webgpu: accept a software adapter. */
+  allowSoftwareGpu?: boolean;
 }
 
 /** n model windows as RGB bytes, size x size x 3 each (HWC). */
@@ -27,12 +33,17 @@ export interface PoolResult extends EngineOutput {
   input?: Uint8Array;
 }
 
+interface Pending {
+  resolve: (r: PoolResult) => void;
+  reject: (e: Error) => void;
+}
+
 interface Slot {
   worker: Worker;
   /** False from the moment its worker dies until a replacement has said ready. */
   alive: boolean;
-  busy: boolean;
-  pending?: { id: number; resolve: (r: PoolResult) => void; reject: (e: Error) => void };
+  /** Batches posted and not yet answered, by id: at most the pool's batchesPerWorker. They run one after another. */
+  pending: Map<number, Pending>;
 }
 
 /**
@@ -46,20 +57,13 @@ export class EngineUnavailableError extends Error {
 /** Waits before starting a replacement after a failed one: 1 s, doubling to 30 s (a model that no longer loads). */
 const RESPAWN_BACKOFF_MS = [1_000, 30_000] as const;
 
-/**
- * Compiled JS runs the worker file directly. From TypeScript source (tsx), the worker first registers tsx's
- * loader itself: Node 20 does not hand the parent's module hooks to worker threads.
- */
 function startWorker(workerData: WorkerInit): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./engineWorker.js', import.meta.url), { workerData });
-  const api = import.meta.resolve('tsx/esm/api');
-  const entry = new URL('./engineWorker.ts', import.meta.url).href;
-  const boot = `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); })`;
-  return new Worker(boot, { eval: true, workerData });
+  return startModuleWorker(import.meta.url, 'engineWorker', workerData);
 }
 
 /**
- * Engines in worker threads, one batch per worker at a time. The batcher asks for an idle worker before it
+ * Engines in worker threads, batchesPerWorker batches per worker at a time (1 on cpu; on a GPU the next batch waits
+ * inside the worker, so the device never idles for a round trip). The batcher asks for a free place before it
  * closes a batch, so batches form while the engine is busy.
  *
  * A worker that dies (idle or busy) is noticed from its 'exit' event: its batch is rejected with
@@ -69,42 +73,61 @@ function startWorker(workerData: WorkerInit): Worker {
  */
 export class EnginePool extends EventEmitter {
   readonly engineName: string;
+  /** GPU engines: the adapter the engine runs on (as its first worker reported it). */
+  readonly adapter?: GpuAdapterInfo;
   private readonly slots: Slot[];
   private readonly init: WorkerInit;
+  private readonly perWorker: number;
   private nextId = 1;
   private closed = false;
   /** halt() was called: no new batch starts. */
   private halted = false;
   private respawnFailures = 0;
 
-  private constructor(slots: Slot[], engineName: string, init: WorkerInit) {
+  private constructor(slots: Slot[], engineName: string, init: WorkerInit, perWorker: number, adapter?: GpuAdapterInfo) {
     super();
     this.slots = slots;
     this.engineName = engineName;
     this.init = init;
+    this.perWorker = perWorker;
+    this.adapter = adapter;
   }
 
   static async create(opts: PoolOptions): Promise<EnginePool> {
     const perWorker = Math.max(1, Math.floor(opts.threads / opts.workers));
-    const init: WorkerInit = { kind: opts.kind, modelDir: opts.modelDir, manifest: opts.manifest, threads: perWorker, device: opts.device ?? 'cpu' };
+    const batches = opts.batchesPerWorker ?? 1;
+    if (!Number.isInteger(batches) || batches < 1) throw new Error(`batchesPerWorker must be a positive integer, got ${batches}`);
+    const init: WorkerInit = {
+      kind: opts.kind,
+      modelDir: opts.modelDir,
+      manifest: opts.manifest,
+      threads: perWorker,
+      device: opts.device ?? 'cpu',
+      allowSoftwareGpu: opts.allowSoftwareGpu ?? false,
+    };
     const slots: Slot[] = [];
     const names: string[] = [];
+    let adapter: GpuAdapterInfo | undefined;
     try {
       for (let i = 0; i < opts.workers; i++) {
-        const { engine } = await EnginePool.spawn(init, (w) => slots.push({ worker: w, alive: true, busy: false }));
-        names.push(engine);
+        const ready = await EnginePool.spawn(init, (w) => slots.push({ worker: w, alive: true, pending: new Map() }));
+        names.push(ready.engine);
+        adapter ??= ready.adapter;
       }
     } catch (err) {
       await Promise.all(slots.map((s) => s.worker.terminate()));
       throw err;
     }
-    const pool = new EnginePool(slots, names[0], init);
+    const pool = new EnginePool(slots, names[0], init, batches, adapter);
     for (const slot of slots) pool.attach(slot);
     return pool;
   }
 
   /** Starts one worker and waits for its engine to load; `started` sees the worker before it is ready. */
-  private static async spawn(init: WorkerInit, started: (w: Worker) => void = () => undefined): Promise<{ worker: Worker; engine: string }> {
+  private static async spawn(
+    init: WorkerInit,
+    started: (w: Worker) => void = () => undefined,
+  ): Promise<{ worker: Worker; engine: string; adapter?: GpuAdapterInfo }> {
     const worker = startWorker(init);
     started(worker);
     const [msg] = (await Promise.race([
@@ -116,16 +139,16 @@ export class EnginePool extends EventEmitter {
       void worker.terminate();
       throw new Error(`engine ${init.kind} failed to start: ${msg.type === 'failed' ? msg.message : msg.type}`);
     }
-    return { worker, engine: msg.engine };
+    return { worker, engine: msg.engine, adapter: msg.adapter };
   }
 
   private attach(slot: Slot): void {
     const worker = slot.worker;
     worker.on('message', (msg: WorkerReply) => {
-      const p = slot.pending;
-      if (slot.worker !== worker || !p || (msg.type !== 'result' && msg.type !== 'error') || msg.id !== p.id) return;
-      slot.pending = undefined;
-      slot.busy = false;
+      if (slot.worker !== worker || (msg.type !== 'result' && msg.type !== 'error')) return;
+      const p = slot.pending.get(msg.id);
+      if (!p) return;
+      slot.pending.delete(msg.id);
       if (msg.type === 'result') p.resolve({ mask: msg.mask, cls: msg.cls, maskSize: msg.maskSize, seconds: msg.seconds, input: msg.rgb });
       else p.reject(new Error(`engine error: ${msg.message}`));
       this.emit('idle');
@@ -139,12 +162,11 @@ export class EnginePool extends EventEmitter {
   }
 
   private died(slot: Slot, why: string): void {
-    slot.alive = false;
-    slot.busy = true; // not idle: nothing may be posted to it until the replacement is ready
-    const p = slot.pending;
-    slot.pending = undefined;
-    const err = new EngineUnavailableError(`engine worker died (${why})${p ? '; its batch is lost' : ''}`);
-    p?.reject(err);
+    slot.alive = false; // nothing may be posted to it until the replacement is ready
+    const lost = [...slot.pending.values()];
+    slot.pending.clear();
+    const err = new EngineUnavailableError(`engine worker died (${why})${lost.length > 0 ? `; ${lost.length === 1 ? 'its batch is' : 'its batches are'} lost` : ''}`);
+    for (const p of lost) p.reject(err);
     this.report(err);
     this.emit('down', this.aliveCount());
     void this.respawn(slot);
@@ -160,7 +182,6 @@ export class EnginePool extends EventEmitter {
         }
         slot.worker = worker;
         slot.alive = true;
-        slot.busy = false;
         this.respawnFailures = 0;
         this.attach(slot);
         this.emit('up', this.aliveCount());
@@ -193,7 +214,7 @@ export class EnginePool extends EventEmitter {
 
   idleCount(): number {
     let n = 0;
-    for (const s of this.slots) if (s.alive && !s.busy) n++;
+    for (const s of this.slots) if (s.alive) n += this.perWorker - s.pending.size;
     return n;
   }
 
@@ -207,7 +228,7 @@ export class EnginePool extends EventEmitter {
 
   /** Index of a worker running a batch now, or -1. */
   busyWorker(): number {
-    return this.slots.findIndex((s) => s.alive && s.busy);
+    return this.slots.findIndex((s) => s.alive && s.pending.size > 0);
   }
 
   /**
@@ -216,27 +237,30 @@ export class EnginePool extends EventEmitter {
    */
   async halt(timeoutMs: number): Promise<void> {
     this.halted = true;
-    const running = this.slots.flatMap((s) => (s.pending ? [new Promise<void>((r) => this.on('idle', () => !s.pending && r())).then(() => undefined)] : []));
+    const idle = () => this.slots.every((s) => s.pending.size === 0);
+    const running = idle() ? Promise.resolve() : new Promise<void>((r) => this.on('idle', () => idle() && r()));
     const timer = new Promise<void>((r) => setTimeout(r, timeoutMs).unref());
-    await Promise.race([Promise.all(running), timer]);
+    await Promise.race([running, timer]);
   }
 
-  /** Runs a batch of RGB windows on an idle worker; the buffer is transferred (unusable afterwards). */
+  /** Runs a batch of RGB windows on the least loaded live worker; the buffer is transferred (unusable afterwards). */
   run(input: RgbBatch): Promise<PoolResult> {
     if (this.closed || this.halted) return Promise.reject(new EngineUnavailableError('engine pool closed'));
-    const slot = this.slots.find((s) => s.alive && !s.busy);
+    let slot: Slot | undefined;
+    for (const s of this.slots) if (s.alive && s.pending.size < this.perWorker && (!slot || s.pending.size < slot.pending.size)) slot = s;
     if (!slot) return Promise.reject(new Error('no idle engine worker'));
-    slot.busy = true;
+    const target = slot;
     const id = this.nextId++;
     return new Promise<PoolResult>((resolve, reject) => {
-      slot.pending = { id, resolve, reject };
+      target.pending.set(id, { resolve, reject });
+      const slot = target;
       slot.worker.postMessage({ type: 'run', id, rgb: input.data, n: input.n }, [input.data.buffer as ArrayBuffer]);
     });
   }
 
   async close(): Promise<void> {
     this.closed = true;
-    for (const s of this.slots) s.pending?.reject(new EngineUnavailableError('engine pool closed'));
+    for (const s of this.slots) for (const p of s.pending.values()) p.reject(new EngineUnavailableError('engine pool closed'));
     await Promise.all(this.slots.map((s) => s.worker.terminate()));
   }
 }

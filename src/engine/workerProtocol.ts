@@ -1,5 +1,6 @@
 import type { Manifest } from '../model/manifest.js';
 import type { Device, EngineKind } from './engine.js';
+import type { GpuAdapterInfo } from '../util/gpuAdapter.js';
 
 export interface WorkerInit {
   kind: EngineKind;
@@ -7,13 +8,14 @@ export interface WorkerInit {
   manifest: Manifest;
   threads: number;
   device: Device;
+  allowSoftwareGpu: boolean;
 }
 
 /** rgb: n windows of size x size RGB bytes (HWC); the worker normalises them into the engine's float input. */
 export type WorkerRequest = { type: 'run'; id: number; rgb: Uint8Array; n: number } | { type: 'dispose' };
 
 export type WorkerReply =
-  | { type: 'ready'; engine: string }
+  | { type: 'ready'; engine: string; adapter?: GpuAdapterInfo }
   | { type: 'failed'; message: string }
   /** rgb: the request's buffer, handed back so the batcher can fill it again. */
   | { type: 'result'; id: number; mask: Float32Array; cls: Float32Array; maskSize: number; seconds: number; rgb: Uint8Array }

@@ -1,9 +1,10 @@
-import { setMaxListeners } from 'node:events';
 import { availableParallelism } from 'node:os';
-import { ModelRegistry } from '../pipeline/modelRegistry.js';
+import { ModelRegistry, type LoadedModel } from '../pipeline/modelRegistry.js';
+import type { RgbImage } from '../imaging/decode.js';
 import type { Manifest } from '../model/manifest.js';
 import { SlideStain } from '../pipeline/slideStain.js';
-import { TilePipeline, type StreamContext } from '../pipeline/segmentTile.js';
+import { localSegmenter } from '../pipeline/localSegmenter.js';
+import { DEFAULT_SLIDE_TILE, imageSource, segmentSlide } from '../pipeline/segmentSlide.js';
 import { loadSlideLabels, sizeAtMpp, type Split } from '../data/datasets/dataset.js';
 import { readDataset } from '../data/datasets/readDataset.js';
 import { openSlide, readSlideRgb } from '../data/slides/slideReader.js';
@@ -11,8 +12,8 @@ import { createLogger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
 import { ConfusionAccumulator, type SegmentationMetrics } from './metrics.js';
 
-/** Side of the tiles a slide is cut into, at the model's scale; the server blends 128 px windows inside each. */
-const EVAL_TILE = 512;
+/** Side of the tiles a slide is cut into, at the model's scale, as `histoseg segment` cuts them. */
+const EVAL_TILE = DEFAULT_SLIDE_TILE;
 /** The server's default tissue threshold (src/server/config.ts), so scores match what serving answers. */
 const MIN_TISSUE_FRACTION = 0.05;
 
@@ -34,10 +35,49 @@ export interface EvaluateModelResult {
   allBackground: SegmentationMetrics;
 }
 
+/** A slide at the model's scale with its truth. */
+export interface ScoredSlide {
+  name: string;
+  rgb: RgbImage;
+  truth: Uint8Array;
+}
+
+/**
+ * Segments each slide through the pipeline exactly as a SegmentTiles stream is served (pipeline/segmentSlide with
+ * the local segmenter: same tiles, windows, blending, per-slide stain estimate and tissue threshold) and pools the
+ * confusion counts; also those of predicting all class 0.
+ */
+export async function scoreSlides(
+  slides: readonly ScoredSlide[],
+  model: LoadedModel,
+): Promise<{ metrics: SegmentationMetrics; allBackground: SegmentationMetrics }> {
+  const m = model.manifest;
+  const C = m.classes.length;
+  const acc = new ConfusionAccumulator(C);
+  const background = new ConfusionAccumulator(C);
+  for (const slide of slides) {
+    const segmenter = localSegmenter({
+      context: (signal) => ({
+        model,
+        minTissueFraction: MIN_TISSUE_FRACTION,
+        omitMask: false,
+        stain: m.stainReference ? new SlideStain(m.stainReference) : undefined,
+        signal,
+      }),
+      maxPixels: EVAL_TILE * EVAL_TILE,
+    });
+    const result = await segmentSlide(imageSource(slide.rgb), segmenter, { numClasses: C, tile: EVAL_TILE, wantLabels: true });
+    const bad = result.invalid[0];
+    if (bad) throw new Error(`slide ${slide.name} tile at ${bad.region.left},${bad.region.top}: ${bad.error}`);
+    acc.add(slide.truth, result.labels!);
+    background.add(slide.truth, new Uint8Array(slide.truth.length));
+  }
+  return { metrics: acc.metrics(), allBackground: background.metrics() };
+}
+
 /**
  * Segments every slide of a split through the serving path (the onnx engine in its worker, the batcher and
- * the tile pipeline, with the slide's own stain estimate) at the model's scale, and pools the confusion counts.
- * Tiles go in as RGB and labels come out as labels: no image encoding on the way.
+ * processTile, with the slide's own stain estimate) at the model's scale, and pools the confusion counts.
  */
 export async function evaluateModel(opts: EvaluateModelOptions): Promise<EvaluateModelResult> {
   const [name, version] = opts.model.split('@');
@@ -57,9 +97,7 @@ export async function evaluateModel(opts: EvaluateModelOptions): Promise<Evaluat
     if (C !== dataset.classes.length) {
       throw new Error(`model ${m.name}@${m.version} has ${C} classes, dataset ${opts.data} has ${dataset.classes.length}`);
     }
-    const pipeline = new TilePipeline({ maxPixels: EVAL_TILE * EVAL_TILE });
-    const acc = new ConfusionAccumulator(C);
-    const background = new ConfusionAccumulator(C);
+    const scored: ScoredSlide[] = [];
     for (const slide of slides) {
       if (slide.mpp === null) throw new Error(`slide ${slide.name} has no mpp (give it in dataset.json)`);
       const size = sizeAtMpp(slide, m.mpp);
@@ -67,45 +105,17 @@ export async function evaluateModel(opts: EvaluateModelOptions): Promise<Evaluat
         openSlide(slide.image).then((info) => readSlideRgb(info, size.width, size.height)),
         loadSlideLabels(slide, dataset, size),
       ]);
-      const signal = new AbortController().signal;
-      setMaxListeners(0, signal); // every queued window listens on it
-      const ctx: StreamContext = {
-        model,
-        minTissueFraction: MIN_TISSUE_FRACTION,
-        omitMask: false,
-        stain: m.stainReference ? new SlideStain(m.stainReference) : undefined,
-        signal,
-      };
-      const pred = new Uint8Array(size.width * size.height);
-      const jobs: Promise<void>[] = [];
-      for (let y = 0; y < size.height; y += EVAL_TILE) {
-        for (let x = 0; x < size.width; x += EVAL_TILE) {
-          const w = Math.min(EVAL_TILE, size.width - x);
-          const h = Math.min(EVAL_TILE, size.height - y);
-          jobs.push(
-            (async () => {
-              const crop = new Uint8Array(w * h * 3);
-              for (let r = 0; r < h; r++) crop.set(rgb.data.subarray(((y + r) * size.width + x) * 3, ((y + r) * size.width + x + w) * 3), r * w * 3);
-              const res = await pipeline.segmentTile({ rgb: { data: crop, width: w, height: h }, mpp: 0 }, ctx);
-              if (res.status === 'invalid') throw new Error(`slide ${slide.name} tile ${x},${y}: ${res.error}`);
-              for (let r = 0; r < h; r++) pred.set(res.labels.subarray(r * w, (r + 1) * w), (y + r) * size.width + x);
-              res.release();
-            })(),
-          );
-        }
-      }
-      await Promise.all(jobs);
-      acc.add(truth.labels, pred);
-      background.add(truth.labels, new Uint8Array(pred.length));
+      scored.push({ name: slide.name, rgb, truth: truth.labels });
       opts.log?.(`${slide.name}: ${size.width}x${size.height} at ${m.mpp} um/px`);
     }
+    const { metrics, allBackground } = await scoreSlides(scored, model);
     return {
       model: `${m.name}@${m.version}`,
       slides: slides.map((s) => s.name),
       classes: m.classes.map((c) => c.name),
       manifest: m,
-      metrics: acc.metrics(),
-      allBackground: background.metrics(),
+      metrics,
+      allBackground,
     };
   } finally {
     await registry.stop();

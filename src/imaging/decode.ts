@@ -1,4 +1,5 @@
-import sharp, { type Metadata } from 'sharp';
+import sharp, { type Metadata, type OutputInfo } from 'sharp';
+import { checkJpegScan } from './jpegScan.js';
 import { labelResampler } from './labelResample.js';
 import { decodePlainPng, encodeGreyPng } from './png.js';
 
@@ -28,11 +29,6 @@ function errMessage(err: unknown): string {
   return err instanceof Error ? err.message.split('\n')[0]! : String(err);
 }
 
-/**
- * Decodes PNG, JPEG, TIFF (first page) or WebP bytes to 8-bit RGB: alpha flattened onto white (glass),
- * greyscale and CMYK converted to sRGB, EXIF orientation applied so the mask lines up with what a viewer shows.
- * Throws only InvalidImageError for bad input.
- */
 /** Accepted formats by their magic bytes, so the common case needs one sharp pipeline rather than two. */
 function sniffFormat(b: Uint8Array): (typeof ACCEPTED_FORMATS)[number] | undefined {
   if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return 'png';
@@ -43,15 +39,11 @@ function sniffFormat(b: Uint8Array): (typeof ACCEPTED_FORMATS)[number] | undefin
 }
 
 /**
- * PNG fast path: plain 8-bit PNGs (the usual lossless tile) decode with node's zlib, without sharp's per-call
- * setup, which costs more than the decode itself at tile sizes. Anything unusual goes through sharp.
+ * PNG fast path: plain 8-bit PNGs (the usual lossless tile) decode with node's zlib (decodePlainPng), without
+ * sharp's per-call setup, which costs more than the decode itself at tile sizes. Anything unusual goes through
+ * sharp. This widens what it decoded to RGB.
  */
-function decodePngFast(bytes: Uint8Array, maxPixels: number, alloc?: (length: number) => Uint8Array): RgbImage | undefined {
-  if (bytes.length < 24) return undefined;
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (view.getUint32(16) * view.getUint32(20) > maxPixels) return undefined;
-  const png = decodePlainPng(bytes, alloc);
-  if (!png) return undefined;
+function toRgb(png: { data: Uint8Array; width: number; height: number; channels: number }): RgbImage {
   const { channels: ch, data, width, height } = png;
   if (ch === 3) return { data, width, height };
   const n = width * height;
@@ -70,44 +62,114 @@ function decodePngFast(bytes: Uint8Array, maxPixels: number, alloc?: (length: nu
   return { data: out, width, height };
 }
 
+/** An image's size as its header gives it: what the decoder will allocate. */
+export interface ImageHeader {
+  format: (typeof ACCEPTED_FORMATS)[number];
+  width: number;
+  height: number;
+}
+
 /**
- * Reads the header (no pixels) to say why bytes were refused: not an image, an unsupported format, or too many
- * pixels. Returns normally only when the header is acceptable.
+ * A PNG's size from its chunk list, read strictly: the PNG spec (ISO/IEC 15948, 5.6) puts IHDR first and allows
+ * one; a decoder that takes the last IHDR, or skips unknown chunks to find one, would decode a size nobody
+ * checked. Only chunk headers are read, never pixel data.
  */
-async function checkHeader(bytes: Uint8Array, maxPixels: number): Promise<string> {
+export function pngHeader(bytes: Uint8Array): { width: number; height: number } {
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (b.length < 8 + 12 + 13) throw new InvalidImageError('truncated PNG: no IHDR chunk');
+  if (b.readUInt32BE(8) !== 13 || b.toString('latin1', 12, 16) !== 'IHDR') {
+    throw new InvalidImageError(`PNG's first chunk is ${JSON.stringify(b.toString('latin1', 12, 16))}, not a 13-byte IHDR (the PNG spec puts IHDR first)`);
+  }
+  const width = b.readUInt32BE(16);
+  const height = b.readUInt32BE(20);
+  if (!width || !height) throw new InvalidImageError(`PNG IHDR says ${width}x${height}`);
+  for (let p = 8 + 12 + 13; p + 8 <= b.length; ) {
+    const type = b.toString('latin1', p + 4, p + 8);
+    if (type === 'IHDR') throw new InvalidImageError('PNG has a second IHDR chunk (the PNG spec allows one)');
+    if (type === 'IEND') break;
+    p += 12 + b.readUInt32BE(p);
+  }
+  return { width, height };
+}
+
+function sharpFailure(err: unknown): InvalidImageError {
+  const msg = errMessage(err);
+  if (/unsupported image format/i.test(msg)) return new InvalidImageError('not an image (unrecognised format)');
+  return new InvalidImageError(`not a readable image: ${msg}`);
+}
+
+/**
+ * Reads the header (no pixels): the format, which must be an accepted one, and the size the decoder will produce.
+ * PNG sizes come from the strict chunk walk above, the rest from sharp's header read, done by the same libvips
+ * loader that decodes them.
+ */
+export async function readHeader(bytes: Uint8Array): Promise<ImageHeader> {
+  if (bytes.length === 0) throw new InvalidImageError('not an image: empty input');
+  if (sniffFormat(bytes) === 'png') return { format: 'png', ...pngHeader(bytes) };
   let meta: Metadata;
   try {
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
   } catch (err) {
-    const msg = errMessage(err);
-    if (/unsupported image format/i.test(msg)) throw new InvalidImageError('not an image (unrecognised format)');
-    throw new InvalidImageError(`not a readable image: ${msg}`);
+    throw sharpFailure(err);
   }
   const format = meta.format as string | undefined;
   if (!format || !(ACCEPTED_FORMATS as readonly string[]).includes(format)) {
     throw new InvalidImageError(`unsupported format ${format ?? 'unknown'} (accepted: ${ACCEPTED_FORMATS.join(', ')})`);
   }
+  if (format === 'png') return { format: 'png', ...pngHeader(bytes) };
   const { width, height } = meta;
   if (!width || !height) throw new InvalidImageError(`${format} image has no dimensions`);
+  return { format: format as ImageHeader['format'], width, height };
+}
+
+function pixelsText(width: number, height: number): string {
   const pixels = width * height;
-  if (pixels > maxPixels) {
-    throw new PixelLimitError(
-      `image is ${width}x${height} = ${pixels.toPrecision(2).replace('e+', 'e')} pixels, over the limit of ${maxPixels}`,
-    );
+  return `${width}x${height} = ${pixels.toPrecision(2).replace('e+', 'e')} pixels`;
+}
+
+/** The size of an image resampled by `scale` (a tile's mpp over the model's): what the pipeline will allocate. */
+export function scaledSize(width: number, height: number, scale: number): { width: number; height: number } {
+  return { width: Math.max(1, Math.round(width * scale)), height: Math.max(1, Math.round(height * scale)) };
+}
+
+/**
+ * Holds a size to the pixel limit: as decoded, and after resampling by `scale` when one is given. Throws
+ * PixelLimitError saying which.
+ */
+export function checkPixelLimit(size: { width: number; height: number }, maxPixels: number, scale?: number): void {
+  const { width, height } = size;
+  if (width * height > maxPixels) {
+    throw new PixelLimitError(`image is ${pixelsText(width, height)}, over the limit of ${maxPixels}`);
   }
-  return format;
+  if (scale !== undefined && scale !== 1) {
+    const s = scaledSize(width, height, scale);
+    if (s.width * s.height > maxPixels) {
+      throw new PixelLimitError(
+        `image is ${width}x${height}; resampled to the model's scale (x${scale.toPrecision(3)}) it would be ` +
+          `${pixelsText(s.width, s.height)}, over the limit of ${maxPixels}`,
+      );
+    }
+  }
 }
 
 /**
  * Decodes PNG, JPEG, TIFF (first page) or WebP bytes to 8-bit RGB: alpha flattened onto white (glass),
  * greyscale and CMYK converted to sRGB, EXIF orientation applied so the mask lines up with what a viewer shows.
- * Throws only InvalidImageError for bad input. Decompression bombs stop at sharp's limitInputPixels, which reads
- * the header before any pixel.
+ * Throws only InvalidImageError for bad input (PixelLimitError, one kind of it, for too many pixels).
+ *
+ * The pixel limit is checked on the header before any pixel is decoded, on the size the decoder will produce
+ * (and, given `scale`, on the size after resampling); sharp also gets it as limitInputPixels. Corrupt data is
+ * refused: sharp runs with failOn 'warning', so whatever libjpeg, libspng, libtiff or libwebp notices (bad Huffman
+ * codes, premature ends, CRC errors) fails the decode; baseline JPEG scans are also walked by checkJpegScan, which
+ * catches scan damage libjpeg decodes without a warning.
  */
 export async function decodeImage(
   bytes: Uint8Array,
-  /** maxSyncPixels: larger PNGs skip the synchronous fast path and decode in sharp's threads (event loop stays free). */
-  limits: { maxPixels: number; maxSyncPixels?: number },
+  /**
+   * scale: the resampling factor the caller will apply (see checkPixelLimit). maxSyncPixels: larger PNGs skip the
+   * synchronous zlib path and decode in sharp's threads, so the event loop stays free.
+   */
+  limits: { maxPixels: number; scale?: number; maxSyncPixels?: number },
   /** Where plain PNGs decode to (the server passes its buffer pool). */
   alloc?: (length: number) => Uint8Array,
 ): Promise<RgbImage> {
@@ -115,23 +177,32 @@ export async function decodeImage(
   const maxPixels = Math.floor(limits.maxPixels);
   if (!(maxPixels > 0)) throw new RangeError(`maxPixels must be a positive number, got ${limits.maxPixels}`);
 
-  const format = sniffFormat(bytes) ?? (await checkHeader(bytes, maxPixels));
-  const plain = format === 'png' ? decodePngFast(bytes, Math.min(maxPixels, limits.maxSyncPixels ?? Infinity), alloc) : undefined;
-  if (plain) return plain;
+  const header = await readHeader(bytes);
+  checkPixelLimit(header, maxPixels, limits.scale);
+  const { format } = header;
+  const sync = header.width * header.height <= (limits.maxSyncPixels ?? Infinity);
+  const plain = format === 'png' && sync ? decodePlainPng(bytes, alloc) : undefined;
+  if (plain) return toRgb(plain);
+  if (format === 'jpeg') {
+    const problem = await checkJpegScan(bytes);
+    if (problem) throw new InvalidImageError(`truncated or corrupt JPEG: ${problem}`);
+  }
+  let decoded: { data: Buffer; info: OutputInfo };
   try {
-    const { data, info } = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' })
+    decoded = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'warning' })
       .autoOrient()
       .flatten({ background: WHITE })
       .toColourspace('srgb')
       .raw({ depth: 'uchar' })
       .toBuffer({ resolveWithObject: true });
-    if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels, expected 3`);
-    return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height };
   } catch (err) {
-    // Over the pixel limit, or a header that lies about its format: let the header say which.
-    await checkHeader(bytes, maxPixels);
     throw new InvalidImageError(`truncated or corrupt ${format.toUpperCase()}: ${errMessage(err)}`);
   }
+  const { data, info } = decoded;
+  if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels, expected 3`);
+  // The header said otherwise: refuse rather than trust either.
+  checkPixelLimit(info, maxPixels);
+  return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height };
 }
 
 function checkRgb(img: RgbImage): void {

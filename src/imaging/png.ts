@@ -89,6 +89,8 @@ export function decodePlainPng(
     // Chunk CRCs are checked except on IDAT, whose bytes zlib checks anyway (Adler-32 of the inflated data, and
     // the deflate structure): a CRC pass over every tile's pixels would only repeat that check.
     if (type !== 'IDAT' && crc32(b.subarray(p + 4, p + 8 + len)) !== b.readUInt32BE(p + 8 + len)) return undefined;
+    // IHDR first and only once (PNG spec 5.6): the size the caller checked is the size decoded.
+    if ((p === 8) !== (type === 'IHDR')) return undefined;
     if (type === 'IHDR') {
       width = data.readUInt32BE(0);
       height = data.readUInt32BE(4);

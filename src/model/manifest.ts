@@ -23,6 +23,13 @@ export const ManifestSchema = z.object({
   mpp: z.number().positive(),
   /** Absent: the model was not trained and its outputs mean nothing. */
   trained: z.boolean(),
+  /** Absent: unspecified. What the model was trained on, in words a client can show ("synthetic slides ...", "BACH 2018 training set"). */
+  trainedOn: z.string().max(500).optional(),
+  /**
+   * For demonstration only: trained on synthetic data or not at all, so its masks say nothing about real tissue.
+   * The server warns when it serves such a model as its default, and ModelInfo carries the flag to clients.
+   */
+  demoOnly: z.boolean().optional(),
   stainReference: StainReferenceSchema.nullable(),
   createdAt: z.string(),
   lineage: z.object({

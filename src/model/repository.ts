@@ -1,7 +1,8 @@
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import type * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
+import { fsyncDir, fsyncTree, processAlive, TEMP_PREFIX, writeJsonDurable } from '../util/durableFile.js';
 import { MANIFEST_FILE, ManifestSchema, readManifest, writeManifest, type Manifest } from './manifest.js';
 
 /**
@@ -201,8 +202,10 @@ export async function saveModelVersion(
   }
   const parent = join(resolve(root), m.name);
   const dir = join(parent, m.version);
+  await removeStaleTemporaries(root);
   if (!opts.overwrite && (await exists(dir))) throw new Error(`${dir} already exists`);
-  const tmp = join(parent, `.${m.version}.tmp-${process.pid}-${Date.now()}`);
+  const tmp = stagingDir(parent, m.version);
+  activeTemporaries.add(tmp);
   try {
     const tfjsPath = modelFilePath(tmp, m.files.tfjs);
     const onnxPath = modelFilePath(tmp, m.files.onnx);
@@ -211,19 +214,114 @@ export async function saveModelVersion(
     await saveLayersModel(model, tfjsPath);
     await writeFile(onnxPath, exportOnnx(model, numClasses));
     await writeManifest(join(tmp, MANIFEST_FILE), m);
+    await fsyncTree(tmp);
     if (opts.overwrite) await rm(dir, { recursive: true, force: true });
     await rename(tmp, dir);
+    await fsyncDir(parent);
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
     throw err;
+  } finally {
+    activeTemporaries.delete(tmp);
   }
   return { name: m.name, version: m.version, dir, manifest: m };
 }
+
+/** A hidden staging folder beside the version folder; listModels never reads it (its name is not a version). */
+function stagingDir(parent: string, version: string): string {
+  return join(parent, `${TEMP_PREFIX}${version}-${process.pid}-${Date.now()}`);
+}
+
+/**
+ * Copies a finished version folder (manifest.json and its files, e.g. written by saveModelVersion into a job's own
+ * repository) into `root` as `<name>/<version>/`: copied into a staging folder, fsynced, renamed into place, so no
+ * server ever lists a half-written version. Refuses to replace an existing version.
+ */
+export async function publishModelVersion(root: string, srcDir: string): Promise<ModelEntry> {
+  const manifest = await readManifest(join(srcDir, MANIFEST_FILE));
+  const parent = join(resolve(root), manifest.name);
+  const dir = join(parent, manifest.version);
+  if (await exists(dir)) throw new Error(`model ${manifest.name}@${manifest.version} already exists in ${resolve(root)}`);
+  await removeStaleTemporaries(root);
+  await mkdir(parent, { recursive: true });
+  const tmp = stagingDir(parent, manifest.version);
+  activeTemporaries.add(tmp);
+  try {
+    await cp(srcDir, tmp, { recursive: true });
+    await fsyncTree(tmp);
+    await rename(tmp, dir);
+    await fsyncDir(parent);
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true });
+    throw err;
+  } finally {
+    activeTemporaries.delete(tmp);
+  }
+  return { name: manifest.name, version: manifest.version, dir, manifest };
+}
+
+/** The next free version for `name`: one more than the newest purely numeric-dotted version's last number, else "1". */
+export async function nextVersion(root: string, name: string): Promise<string> {
+  checkRef('name', name);
+  const versions = (await listModels(root).catch(() => [] as ModelEntry[])).filter((e) => e.name === name).map((e) => e.version);
+  let names: string[] = [];
+  try {
+    names = await subdirs(join(resolve(root), name));
+  } catch {
+    // no folder yet
+  }
+  const taken = new Set([...versions, ...names]);
+  const newest = versions[versions.length - 1];
+  const m = newest ? /^(.*?)(\d+)$/.exec(newest.split('-')[0]!) : null;
+  let candidate = m ? `${m[1]}${BigInt(m[2]!) + 1n}` : '1';
+  while (taken.has(candidate)) {
+    const k = /^(.*?)(\d+)$/.exec(candidate)!;
+    candidate = `${k[1]}${BigInt(k[2]!) + 1n}`;
+  }
+  return candidate;
+}
+
+/** default.json as written, or undefined when there is none. */
+export async function readDefaultModel(root: string): Promise<{ name: string; version?: string } | undefined> {
+  return readDefault(resolve(root));
+}
+
+/** A version being staged: `.tmp-<version>-<pid>-<ms>` beside the versions (stagingDir). */
+const TEMPORARY = /^\.tmp-(.+)-(\d+)-(\d+)$/;
+
+/**
+ * Removes version folders a crashed writer left half-written (`<root>/<name>/.tmp-<version>-<pid>-<ms>/`) whose
+ * writer is no longer running. Every command that writes to the repository calls it first. Returns what it removed.
+ */
+export async function removeStaleTemporaries(root: string): Promise<string[]> {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = await subdirs(resolve(root));
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    for (const entry of await subdirs(join(resolve(root), name))) {
+      const m = TEMPORARY.exec(entry);
+      if (!m) continue;
+      const pid = Number(m[2]);
+      if (pid !== process.pid && processAlive(pid)) continue;
+      if (pid === process.pid && activeTemporaries.has(join(resolve(root), name, entry))) continue;
+      await rm(join(resolve(root), name, entry), { recursive: true, force: true });
+      removed.push(join(resolve(root), name, entry));
+    }
+  }
+  return removed;
+}
+
+/** Temporary folders this process is writing now. */
+const activeTemporaries = new Set<string>();
 
 /** Writes `<root>/default.json`; the model need not have a version yet. */
 export async function writeDefaultModel(root: string, name: string, version?: string): Promise<void> {
   checkRef('name', name);
   if (version) checkRef('version', version);
   await mkdir(resolve(root), { recursive: true });
-  await writeFile(join(resolve(root), DEFAULT_FILE), JSON.stringify(version ? { name, version } : { name }, null, 2) + '\n');
+  await writeJsonDurable(join(resolve(root), DEFAULT_FILE), version ? { name, version } : { name });
 }

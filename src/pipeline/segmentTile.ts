@@ -1,4 +1,4 @@
-import { decodeImage, InvalidImageError, PixelLimitError, resizeRgb, type RgbImage } from '../imaging/decode.js';
+import { checkPixelLimit, decodeImage, InvalidImageError, resizeRgb, scaledSize, type RgbImage } from '../imaging/decode.js';
 import { labelResampler } from '../imaging/labelResample.js';
 import { tissueMaskChunked, tissueMaskInto } from '../imaging/tissue.js';
 import { extractWindow, planWindows, WINDOW_OVERLAP } from '../imaging/windows.js';
@@ -47,6 +47,27 @@ function deferred<T>(): Deferred<T> {
   return d;
 }
 
+/**
+ * The microns per pixel a tile may claim (0 means "at the model's scale"). Brightfield scanners range from about
+ * 0.1 um/px (100X) to a few um/px for thumbnails; outside these bounds the value is a mistake, not a scale.
+ */
+export const MPP_RANGE = { min: 0.01, max: 1000 } as const;
+
+/** Why a tile's mpp cannot be used, or undefined when it can. */
+export function mppProblem(mpp: number): string | undefined {
+  if (!Number.isFinite(mpp)) return `mpp must be a finite number, got ${mpp}`;
+  if (mpp < 0) return `mpp must not be negative, got ${mpp}`;
+  if (mpp !== 0 && (mpp < MPP_RANGE.min || mpp > MPP_RANGE.max)) {
+    return `mpp must be 0 (tile already at the model's scale) or between ${MPP_RANGE.min} and ${MPP_RANGE.max} microns per pixel, got ${mpp}`;
+  }
+  return undefined;
+}
+
+/** The factor a tile is resampled by to reach the model's scale; 1 when it is taken as it is. */
+function tileScale(mpp: number, modelMpp: number): number {
+  return mpp > 0 && Math.abs(mpp - modelMpp) / modelMpp > MPP_TOLERANCE ? mpp / modelMpp : 1;
+}
+
 export interface TileLimits {
   maxPixels: number;
 }
@@ -60,8 +81,6 @@ export interface StreamContext {
   readonly stain?: SlideStain;
   readonly signal: AbortSignal;
 }
-
-export class TooManyPixelsError extends Error {}
 
 /**
  * A tile as the pipeline sees it: encoded image bytes (what a client sends) or decoded RGB (what a local caller
@@ -192,14 +211,16 @@ export class TilePipeline {
   constructor(readonly limits: TileLimits) {}
 
   /**
-   * One tile, from encoded bytes to its labels. Bad images become INVALID results; only a tile over the pixel
-   * limit throws (TooManyPixelsError), because a server then ends the stream with RESOURCE_EXHAUSTED.
+   * One tile, from encoded bytes (or RGB) to its labels. Bad input (an unreadable or corrupt image, a bad mpp, a tile
+   * over the pixel limit as decoded or after resampling) becomes an INVALID result saying why; what throws is a bug
+   * or a stopped pipeline.
    */
   async segmentTile(tile: TileInput, ctx: StreamContext): Promise<TileResult> {
     // The tile's turn in its slide's stain estimate is taken now, in arrival order (see SlideStain).
     const turn = ctx.stain?.turn();
     try {
-      if (!Number.isFinite(tile.mpp) || tile.mpp < 0) return invalidResult(`mpp must be a finite number >= 0, got ${tile.mpp}`);
+      const mppError = mppProblem(tile.mpp);
+      if (mppError) return invalidResult(mppError);
       if (tile.image?.length === 0) return invalidResult('image is empty');
       // Every pooled buffer this tile takes goes back when it is done (or fails), except the labels it returns.
       const taken: Uint8Array[] = [];
@@ -245,18 +266,19 @@ export class TilePipeline {
     const { model } = ctx;
     const manifest = model.manifest;
     const C = manifest.classes.length;
+    const scale = tileScale(tile.mpp, manifest.mpp);
     let img: RgbImage;
     try {
+      // The pixel limit holds on the decoded size and on the size after resampling, both checked before decoding.
       if (tile.rgb) {
         img = tile.rgb;
         const px = img.width * img.height;
-        if (px > this.limits.maxPixels) throw new PixelLimitError(`tile is ${img.width}x${img.height} = ${px} pixels, over the limit of ${this.limits.maxPixels}`);
+        checkPixelLimit(img, this.limits.maxPixels, scale);
         if (!(img.width >= 1 && img.height >= 1 && img.data.length === px * 3)) throw new InvalidImageError(`RGB tile of ${img.data.length} bytes is not ${img.width}x${img.height}x3`);
       } else {
-        img = await decodeImage(tile.image, { maxPixels: this.limits.maxPixels, maxSyncPixels: SYNC_PIXELS }, take);
+        img = await decodeImage(tile.image, { maxPixels: this.limits.maxPixels, scale, maxSyncPixels: SYNC_PIXELS }, take);
       }
     } catch (err) {
-      if (err instanceof PixelLimitError) throw new TooManyPixelsError(err.message);
       if (err instanceof InvalidImageError) return invalidResult(err.message);
       throw err;
     }
@@ -265,9 +287,9 @@ export class TilePipeline {
 
     // Bring the tile to the model's scale (1.25X in the paper); the labels go back to the tile's own size.
     let work = img;
-    if (tile.mpp > 0 && Math.abs(tile.mpp - manifest.mpp) / manifest.mpp > MPP_TOLERANCE) {
-      const s = tile.mpp / manifest.mpp;
-      work = await resizeRgb(img, Math.max(1, Math.round(width * s)), Math.max(1, Math.round(height * s)));
+    if (scale !== 1) {
+      const target = scaledSize(width, height, scale);
+      work = await resizeRgb(img, target.width, target.height);
     }
     const pixels = work.width * work.height;
     const tissue = take(pixels);

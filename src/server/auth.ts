@@ -3,9 +3,17 @@ import { readFileSync } from 'node:fs';
 import type { Metadata } from '@grpc/grpc-js';
 import { permissionDenied, unauthenticated, type StatusError } from './errors.js';
 
-/** `segment` may run inference and read models; `train` may also fine-tune (and implies segment). */
-export const ROLES = ['segment', 'train'] as const;
+/**
+ * `segment` may run inference and read models; `train` may also upload examples and run fine-tuning jobs; `admin`
+ * may also change the default model (ActivateModel, StartTraining with activate). Each role includes the ones
+ * before it in this list.
+ */
+export const ROLES = ['segment', 'train', 'admin'] as const;
 export type Role = (typeof ROLES)[number];
+
+const rank = (r: Role) => ROLES.indexOf(r);
+/** Whether `have` includes `need`. */
+export const roleIncludes = (have: Role, need: Role) => rank(have) >= rank(need);
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
@@ -39,7 +47,7 @@ export class TokenAuth {
     let found: Role | undefined;
     for (const e of this.entries) {
       // No early exit: time does not depend on which entry matched.
-      if (timingSafeEqual(d, e.digest) && (found === undefined || e.role === 'train')) found = e.role;
+      if (timingSafeEqual(d, e.digest) && (found === undefined || rank(e.role) > rank(found))) found = e.role;
     }
     return found;
   }
@@ -52,7 +60,7 @@ export class TokenAuth {
     if (!m) return unauthenticated('missing "authorization: Bearer <token>" metadata');
     const role = this.roleOf(m[1]);
     if (!role) return unauthenticated('unknown token');
-    if (need === 'train' && role !== 'train') return permissionDenied('this token may not train; it needs the train role');
+    if (!roleIncludes(role, need)) return permissionDenied(`this call needs the ${need} role; the token has ${role}`);
     return null;
   }
 }

@@ -1,6 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import { DEVICES, ENGINE_KINDS } from '../engine/engine.js';
+import { enginePlacement } from '../engine/engineDevices.js';
 
 /**
  * Server configuration, parsed once at start from flags and HISTOSEG_* variables into a frozen object.
@@ -19,17 +20,23 @@ export const ConfigSchema = z
     models: z.string().min(1).default('models'),
     defaultModel: z.string().optional(),
     engine: z.enum(ENGINE_KINDS).default('onnx'),
-    /** onnx engine: where it runs; cuda needs onnxruntime-node's CUDA provider (the GPU image installs it). */
+    /**
+     * Where the engine runs; engine/engineDevices.ts lists the valid (engine, device) pairs. onnx/cuda needs
+     * onnxruntime-node's CUDA provider (the CUDA image installs it); onnx/webgpu runs on Vulkan (docs/gpu.md).
+     */
     device: z.enum(DEVICES).default('cpu'),
+    /** webgpu: accept a software adapter (Mesa's lavapipe); off, such an adapter is refused at start. */
+    allowSoftwareGpu: bool.default(false),
     /** Engine threads; the cores this process really has, so engines don't fight over them. */
     threads: z.coerce.number().int().min(1).max(256).default(availableParallelism()),
     /**
-     * Engine worker threads, the threads above split between them. Unset: one single-threaded engine per thread
-     * on cpu (no intra-op barriers to stall when the cores are shared with decoding: measured 285 vs 262 tiles/s
-     * end to end on 2 cores), one engine on cuda.
+     * Engine worker threads, the threads above split between them. Unset: the engine table's policy: one
+     * single-threaded engine per thread on cpu (no intra-op barriers to stall when the cores are shared with
+     * decoding: measured 285 vs 262 tiles/s end to end on 2 cores), one engine on a GPU.
      */
     workers: z.coerce.number().int().min(1).max(64).optional(),
-    maxBatch: z.coerce.number().int().min(1).max(256).default(16),
+    /** Largest batch. Unset: the engine table's (16 on cpu, 64 on a GPU). */
+    maxBatch: z.coerce.number().int().min(1).max(256).optional(),
     maxDelayMs: z.coerce.number().min(0).max(10_000).default(4),
     /** Windows waiting for the engine, over all streams; a stream's reads pause while it is full. */
     queueCapacity: z.coerce.number().int().min(1).max(1_000_000).default(256),
@@ -43,7 +50,40 @@ export const ConfigSchema = z
     tlsKey: z.string().optional(),
     tlsClientCa: z.string().optional(),
     tokensFile: z.string().optional(),
+    /** Failed token checks a peer address may make before its checks are slowed down (AuthGuard). */
+    authFreeFailures: z.coerce.number().int().min(0).max(1_000_000).default(5),
+    /** The most a slowed-down peer's check waits; the delay doubles per failure from 100 ms up to this. */
+    authMaxDelayMs: z.coerce.number().int().min(0).max(600_000).default(5000),
     drainTimeoutS: z.coerce.number().min(0).max(3600).default(25),
+    /**
+     * Serve the TrainingService and run jobs here. Serving replicas that share the model repository with a training
+     * server set it to false (only one server may run the jobs of one example store).
+     */
+    training: bool.default(true),
+    /** Example store for uploaded training examples (a volume in Kubernetes); job records live in its .jobs/ folder. */
+    datasets: z.string().min(1).default('datasets'),
+    /** Pixels of one uploaded example image (a bigger one is rejected with its id). */
+    maxExamplePixels: z.coerce.number().int().min(1).max(1 << 30).default(4096 * 4096),
+    /** Examples in one dataset; an upload past it ends RESOURCE_EXHAUSTED. */
+    maxDatasetExamples: z.coerce.number().int().min(1).max(10_000_000).default(100_000),
+    /** Bytes of one dataset on disk. */
+    maxDatasetBytes: z.coerce.number().int().min(1).default(4 * 1024 ** 3),
+    /** Bytes of the whole example store. */
+    maxStoreBytes: z.coerce.number().int().min(1).default(32 * 1024 ** 3),
+    /** Training jobs running at once, each in its own child process. */
+    trainingConcurrency: z.coerce.number().int().min(1).max(16).default(1),
+    /** Jobs waiting to run; StartTraining past it is RESOURCE_EXHAUSTED. */
+    maxQueuedJobs: z.coerce.number().int().min(0).max(10_000).default(16),
+    /** Epochs of a job that asks for 0. */
+    trainingEpochs: z.coerce.number().int().min(1).max(10_000).default(10),
+    /** Cap on training steps per epoch (smoke runs and tests); unset = every selected patch once per epoch. */
+    trainingMaxSteps: z.coerce.number().int().min(1).optional(),
+    /** Niceness of the training child process (0-19): serving keeps the CPU it needs. */
+    trainingNice: z.coerce.number().int().min(0).max(19).default(10),
+    /** How often the model repository is re-read for new versions and a changed default. */
+    modelPollMs: z.coerce.number().int().min(50).max(600_000).default(2000),
+    /** Model versions kept loaded; idle ones past it are unloaded, least recently used first. */
+    maxLoadedModels: z.coerce.number().int().min(1).max(64).default(4),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
   .strict()
@@ -51,6 +91,11 @@ export const ConfigSchema = z
   .superRefine((c, ctx) => {
     if (c.tlsCert && !c.tlsKey) ctx.addIssue({ code: 'custom', path: ['tlsKey'], message: 'required when --tls-cert is set (TLS needs the certificate and its key)' });
     if (c.tlsKey && !c.tlsCert) ctx.addIssue({ code: 'custom', path: ['tlsCert'], message: 'required when --tls-key is set (TLS needs the certificate and its key)' });
+    try {
+      enginePlacement(c.engine, c.device);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', path: ['device'], message: (err as Error).message });
+    }
     if (c.tlsClientCa && !c.tlsCert) ctx.addIssue({ code: 'custom', path: ['tlsClientCa'], message: 'needs --tls-cert and --tls-key: client certificates are checked only over TLS' });
   });
 

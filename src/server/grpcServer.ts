@@ -1,31 +1,38 @@
 import { readFileSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
+import { enginePlacement } from '../engine/engineDevices.js';
 import { ModelRegistry } from '../pipeline/modelRegistry.js';
 import { TilePipeline } from '../pipeline/segmentTile.js';
 import { ModelServiceService } from '../proto/gen/histoseg/v1/model.js';
 import { SegmentationServiceService } from '../proto/gen/histoseg/v1/segmentation.js';
+import { TrainingServiceService } from '../proto/gen/histoseg/v1/training.js';
+import { ExampleStore } from '../data/examples/exampleStore.js';
+import { JobManager } from '../training/jobs/jobManager.js';
+import { trainingHandlers } from './trainingHandlers.js';
 import { startTelemetryServer } from './httpServer.js';
 import type { Logger } from '../telemetry/logger.js';
 import { Metrics } from '../telemetry/metrics.js';
 import { TokenAuth } from './auth.js';
+import { AUTH_GUARD_DEFAULTS, AuthGuard } from './authGuard.js';
 import type { Config } from './config.js';
 import { modelServiceHandlers } from './modelServiceHandlers.js';
 import { segmentTilesHandler } from './segmentTilesHandler.js';
 
-const SERVICES = ['', 'histoseg.v1.SegmentationService', 'histoseg.v1.ModelService'];
-/** Models loaded at once, each with its own engine workers. */
-const MAX_LOADED_MODELS = 4;
+const BASE_SERVICES = ['', 'histoseg.v1.SegmentationService', 'histoseg.v1.ModelService'];
+/** Job records, frozen examples and work folders, inside the example store (not a valid dataset name). */
+export const JOBS_DIR = '.jobs';
 
 export interface RunningServer {
   readonly port: number;
   readonly metricsPort: number;
   readonly metrics: Metrics;
   readonly registry: ModelRegistry;
+  readonly jobs?: JobManager;
   /** Health NOT_SERVING, refuse new streams, drain in-flight tiles (up to the grace time), then close. */
   shutdown(): Promise<void>;
   /** For an exit without drain: no new engine batch starts; resolves when none runs (or after timeoutMs). */
@@ -49,8 +56,12 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   const auth = config.tokensFile ? TokenAuth.fromFile(config.tokensFile) : undefined;
   const creds = credentials(config);
   if (!auth) log.warn('no tokens file: RPCs are not authenticated (set HISTOSEG_TOKENS_FILE)');
+  const guard = auth
+    ? new AuthGuard(auth, log, metrics, { ...AUTH_GUARD_DEFAULTS, freeFailures: config.authFreeFailures, maxDelayMs: config.authMaxDelayMs })
+    : undefined;
   if (!config.tlsCert) log.warn('TLS is off: tiles travel in clear text (set HISTOSEG_TLS_CERT and HISTOSEG_TLS_KEY)');
 
+  const SERVICES = config.training ? [...BASE_SERVICES, 'histoseg.v1.TrainingService'] : BASE_SERVICES;
   const health = new HealthImplementation(Object.fromEntries(SERVICES.map((s) => [s, 'NOT_SERVING' as const])));
   let ready = false;
   let draining = false;
@@ -60,6 +71,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   let engineAlive = true;
   const telemetry = await startTelemetryServer(config.host, config.metricsPort, metrics.registry, { ready: () => ready && !draining && engineAlive });
 
+  const placement = enginePlacement(config.engine, config.device);
   const registry = new ModelRegistry(
     {
       root: config.models,
@@ -67,17 +79,20 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       engine: config.engine,
       device: config.device,
       threads: config.threads,
-      workers: config.workers ?? (config.device === 'cuda' ? 1 : config.threads),
-      maxBatch: config.maxBatch,
+      workers: config.workers ?? placement.workers(config.threads),
+      batchesPerWorker: placement.batchesPerWorker,
+      allowSoftwareGpu: config.allowSoftwareGpu,
+      maxBatch: config.maxBatch ?? placement.maxBatch,
       maxDelayMs: config.maxDelayMs,
       queueCapacity: config.queueCapacity,
-      maxLoadedModels: MAX_LOADED_MODELS,
+      maxLoadedModels: config.maxLoadedModels,
+      pollMs: config.modelPollMs,
     },
     log,
     metrics,
   );
-  registry.on('engineHealth', (e: { model: string; isDefault: boolean; alive: number }) => {
-    if (!e.isDefault) return;
+  registry.on('engineHealth', (e: { model: string; alive: number }) => {
+    if (e.model !== registry.defaultModelKey) return;
     engineAlive = e.alive > 0;
     if (engineAlive) log.info({ model: e.model, alive: e.alive }, 'engine worker back');
     else log.error({ model: e.model }, 'no engine worker alive: NOT_SERVING until one is back');
@@ -92,12 +107,52 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   });
   server.addService(
     SegmentationServiceService,
-    { segmentTiles: segmentTilesHandler({ config, registry, pipeline: new TilePipeline({ maxPixels: config.maxTilePixels }), log, metrics, auth, draining: () => draining, drainSignal: drain.signal, drained: drainStats, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
+    { segmentTiles: segmentTilesHandler({ config, registry, pipeline: new TilePipeline({ maxPixels: config.maxTilePixels }), log, metrics, auth: guard, draining: () => draining, drainSignal: drain.signal, drained: drainStats, track: (p) => (streams.add(p), void p.finally(() => streams.delete(p))) }) },
   );
-  server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, auth));
+  server.addService(ModelServiceService, modelServiceHandlers(registry, config.engine, { auth: guard, log, metrics }));
+  let jobs: JobManager | undefined;
+  if (config.training) {
+    const store = await ExampleStore.open(config.datasets, {
+      maxExamplePixels: config.maxExamplePixels,
+      maxDatasetExamples: config.maxDatasetExamples,
+      maxDatasetBytes: config.maxDatasetBytes,
+      maxStoreBytes: config.maxStoreBytes,
+    });
+    jobs = await JobManager.open({
+      dir: join(config.datasets, JOBS_DIR),
+      models: config.models,
+      store,
+      concurrency: config.trainingConcurrency,
+      maxQueued: config.maxQueuedJobs,
+      nice: config.trainingNice,
+      maxStepsPerEpoch: config.trainingMaxSteps,
+      activate: async (name, version) => {
+        await registry.activate(name, version);
+      },
+      onTransition: (job, from) =>
+        log.info(
+          { job: job.jobId, from, to: job.state, dataset: job.dataset, base: job.baseModel, ...(job.modelVersion ? { model: `${job.modelName}@${job.modelVersion}`, activated: job.activated } : {}), ...(job.error ? { reason: job.error } : {}) },
+          'training job ' + job.state,
+        ),
+      onEpoch: (job, seconds) => {
+        metrics.trainingEpochSeconds.observe(seconds);
+        metrics.trainingImagesPerSecond.set(job.imagesPerSecond);
+        metrics.trainingLoss.set(job.loss);
+        log.info({ job: job.jobId, epoch: job.epoch, epochs: job.epochs, loss: job.loss, imagesPerSecond: job.imagesPerSecond, seconds }, 'training epoch done');
+      },
+    });
+    jobs.on('gauges', (counts: Record<string, number>) => {
+      for (const [state, n] of Object.entries(counts)) metrics.trainingJobs.set({ state }, n);
+    });
+    jobs.on('error', (err: Error) => log.error({ err }, 'training job manager failed'));
+    const counts: Record<string, number> = {};
+    for (const j of jobs.list()) counts[j.state] = (counts[j.state] ?? 0) + 1;
+    for (const state of ['queued', 'running', 'succeeded', 'failed', 'cancelled']) metrics.trainingJobs.set({ state }, counts[state] ?? 0);
+    server.addService(TrainingServiceService, trainingHandlers({ config, jobs, registry, store, log, metrics, auth: guard, draining: () => draining }));
+  }
   health.addToServer(server);
   // Health is described too, so `grpcurl ... grpc.health.v1.Health/Check` works from reflection alone.
-  const packageDefinition = loadSync(['histoseg/v1/segmentation.proto', 'histoseg/v1/model.proto', 'health.proto'], {
+  const packageDefinition = loadSync(['histoseg/v1/segmentation.proto', 'histoseg/v1/model.proto', 'histoseg/v1/training.proto', 'health.proto'], {
     includeDirs: [protoRoot(), dirname(healthProtoPath)],
   });
   new ReflectionService(packageDefinition).addToServer(server);
@@ -120,7 +175,7 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
   }
   ready = true;
   for (const s of SERVICES) health.setStatus(s, 'SERVING');
-  log.info({ host: config.host, port, metricsPort: telemetry.port, engine: config.engine, tls: !!config.tlsCert, auth: !!auth }, 'serving');
+  log.info({ host: config.host, port, metricsPort: telemetry.port, engine: config.engine, device: config.device, tls: !!config.tlsCert, auth: !!auth }, 'serving');
 
   let shuttingDown: Promise<void> | undefined;
   const shutdown = () =>
@@ -131,6 +186,8 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       log.info({ streams: streams.size }, 'draining');
       const grace = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), config.drainTimeoutS * 1000).unref());
       const drained = (async () => {
+        // Running jobs stop (they stay RUNNING on disk and resume at the next start).
+        await jobs?.close();
         await Promise.allSettled([...streams]);
         await registry.stop();
       })();
@@ -146,5 +203,5 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
       log.info({ drainedStreams: drainStats.streams, tilesRead: drainStats.tilesRead, tilesAnswered: drainStats.tilesAnswered }, 'stopped');
     })());
 
-  return { port, metricsPort: telemetry.port, metrics, registry, shutdown, halt: (ms) => registry.halt(ms) };
+  return { port, metricsPort: telemetry.port, metrics, registry, jobs, shutdown, halt: (ms) => registry.halt(ms) };
 }

@@ -1,9 +1,12 @@
 import type { sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
 import type { ModelRegistry } from '../pipeline/modelRegistry.js';
+import type { Logger } from '../telemetry/logger.js';
 import type { Manifest } from '../model/manifest.js';
-import type { GetModelRequest, GetModelResponse, ListModelsRequest, ListModelsResponse, ModelInfo, ModelServiceServer } from '../proto/gen/histoseg/v1/model.js';
-import type { TokenAuth } from './auth.js';
-import { notFound, toStatus } from './errors.js';
+import type { ActivateModelRequest, ActivateModelResponse, GetModelRequest, GetModelResponse, ListModelsRequest, ListModelsResponse, ModelInfo, ModelServiceServer } from '../proto/gen/histoseg/v1/model.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import type { Role } from './auth.js';
+import type { AuthGuard } from './authGuard.js';
+import { invalidArgument, notFound, toStatus } from './errors.js';
 
 function info(m: Manifest, engine: string, isDefault: boolean, loaded: boolean): ModelInfo {
   return {
@@ -19,24 +22,36 @@ function info(m: Manifest, engine: string, isDefault: boolean, loaded: boolean):
     parent: m.lineage.parent ?? '',
     metrics: m.metrics,
     loaded,
+    trainedOn: m.trainedOn ?? 'unspecified',
+    demoOnly: m.demoOnly ?? false,
   };
 }
 
-export function modelServiceHandlers(registry: ModelRegistry, configuredEngine: string, auth?: TokenAuth): ModelServiceServer {
+export interface ModelServiceDeps {
+  readonly auth?: AuthGuard;
+  readonly log: Logger;
+  readonly metrics?: Metrics;
+}
+
+export function modelServiceHandlers(registry: ModelRegistry, configuredEngine: string, deps: ModelServiceDeps): ModelServiceServer {
+  const { auth, log, metrics } = deps;
   const list = async () => (await registry.list()).map((e) => info(e.manifest, e.loaded?.pool.engineName ?? configuredEngine, e.isDefault, !!e.loaded));
   const unary =
-    <Req, Res>(fn: (req: Req) => Promise<Res>) =>
+    <Req, Res>(method: string, fn: (req: Req) => Promise<Res>, role: Role = 'segment') =>
     (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
-      const denied = auth?.check(call.metadata, 'segment');
-      if (denied) return cb(denied.toServiceError(), null);
-      fn(call.request).then(
+      const report = { log, metrics, method: `ModelService/${method}` };
+      (async () => {
+        const denied = await auth?.check(call, role, report.method);
+        if (denied) throw denied;
+        return fn(call.request);
+      })().then(
         (res) => cb(null, res),
-        (err) => cb(toStatus(err).toServiceError(), null),
+        (err) => cb(toStatus(err, report).toServiceError(), null),
       );
     };
   return {
-    listModels: unary<ListModelsRequest, ListModelsResponse>(async () => ({ models: await list() })),
-    getModel: unary<GetModelRequest, GetModelResponse>(async (req) => {
+    listModels: unary<ListModelsRequest, ListModelsResponse>('ListModels', async () => ({ models: await list() })),
+    getModel: unary<GetModelRequest, GetModelResponse>('GetModel', async (req) => {
       const all = await list();
       const name = req.name || all.find((m) => m.isDefault)?.name;
       const matches = all.filter((m) => m.name === name && (!req.version || m.version === req.version));
@@ -47,5 +62,12 @@ export function modelServiceHandlers(registry: ModelRegistry, configuredEngine: 
       const pick = (!req.version && matches.find((m) => m.isDefault)) || matches[matches.length - 1];
       return { model: pick };
     }),
+    activateModel: unary<ActivateModelRequest, ActivateModelResponse>('ActivateModel', async (req) => {
+      if (!req.name) throw invalidArgument('name is required');
+      const { entry, previous } = await registry.activate(req.name, req.version);
+      log.info({ model: `${entry.name}@${entry.version}`, previous }, 'model activated');
+      const model = (await list()).find((m) => m.name === entry.name && m.version === entry.version)!;
+      return { model, previous };
+    }, 'admin'),
   };
 }

@@ -1,19 +1,17 @@
 import { setMaxListeners } from 'node:events';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
-import { BatcherStoppedError } from '../pipeline/batcher.js';
-import { InvalidModelRefError, ModelNotFoundError, TooManyModelsError, type ModelRegistry } from '../pipeline/modelRegistry.js';
-import { TooManyPixelsError, type StreamContext, type TilePipeline } from '../pipeline/segmentTile.js';
+import type { ModelLease, ModelRegistry } from '../pipeline/modelRegistry.js';
+import type { StreamContext, TilePipeline } from '../pipeline/segmentTile.js';
 import { SlideStain } from '../pipeline/slideStain.js';
 import { TileStatus, type SegmentTilesOptions, type SegmentTilesRequest, type SegmentTilesResponse, type Tile } from '../proto/gen/histoseg/v1/segmentation.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import type { TokenAuth } from './auth.js';
+import type { AuthGuard } from './authGuard.js';
 import { invalidResponse, toResponse } from './tileResponse.js';
 import type { Config } from './config.js';
-import { invalidArgument, notFound, resourceExhausted, StatusError, toStatus, unavailable } from './errors.js';
+import { invalidArgument, toStatus, unavailable } from './errors.js';
 import { OrderedWriter } from './orderedWriter.js';
 import { RequestReader } from './requestReader.js';
-import { EngineUnavailableError } from '../engine/workerPool.js';
 
 /** How a stream open at SIGTERM ends once the tiles it read are answered: the client sends the rest elsewhere. */
 export const DRAIN_MESSAGE = 'server shutting down, retry elsewhere';
@@ -25,7 +23,7 @@ export interface HandlerDeps {
   pipeline: TilePipeline;
   log: Logger;
   metrics: Metrics;
-  auth?: TokenAuth;
+  auth?: AuthGuard;
   /** True once SIGTERM arrived: new streams are refused, open ones finish. */
   draining(): boolean;
   /** Aborts on SIGTERM: open streams stop reading, answer every tile they read, then end UNAVAILABLE. */
@@ -49,19 +47,15 @@ export function segmentTilesHandler(deps: HandlerDeps): (call: Call) => void {
   return (call) => deps.track(handle(call, deps));
 }
 
-async function streamContext(options: SegmentTilesOptions | undefined, deps: HandlerDeps, signal: AbortSignal): Promise<StreamContext> {
+/** The stream's model is leased for the whole stream: it finishes on the version it started with. */
+async function streamContext(options: SegmentTilesOptions | undefined, deps: HandlerDeps, signal: AbortSignal, hold: (l: ModelLease) => void): Promise<StreamContext> {
   const o = options;
   const min = o?.minTissueFraction;
   if (min !== undefined && !(min >= 0 && min <= 1)) throw invalidArgument(`min_tissue_fraction must be in [0, 1], got ${min}`);
-  let model;
-  try {
-    model = await deps.registry.get(o?.modelName ?? '', o?.modelVersion ?? '');
-  } catch (err) {
-    if (err instanceof ModelNotFoundError) throw notFound(err.message);
-    if (err instanceof InvalidModelRefError) throw invalidArgument(err.message);
-    if (err instanceof TooManyModelsError) throw resourceExhausted(err.message);
-    throw err;
-  }
+  // Registry errors (not found, malformed name) map to their statuses in toStatus.
+  const lease = await deps.registry.acquire(o?.modelName ?? '', o?.modelVersion ?? '');
+  hold(lease);
+  const model = lease.model;
   const stainOn = (o?.stainNormalization ?? deps.config.stainNormalization) && !!model.manifest.stainReference;
   return {
     model,
@@ -82,12 +76,7 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   const fail = (err: unknown) => {
     if (ended) return;
     ended = true;
-    const retryable = err instanceof BatcherStoppedError || err instanceof EngineUnavailableError;
-    const s = err instanceof TooManyPixelsError ? resourceExhausted(err.message) : retryable ? unavailable(err.message) : toStatus(err);
-    if (!(err instanceof StatusError) && !(err instanceof TooManyPixelsError) && !retryable) {
-      log.error({ err }, 'SegmentTiles failed');
-    }
-    metrics.requestErrors.inc({ code: String(s.code) });
+    const s = toStatus(err, { log, metrics, method: 'SegmentationService/SegmentTiles' });
     abort.abort(s);
     call.emit('error', s.toServiceError());
   };
@@ -101,10 +90,11 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   const timer = Number.isFinite(ms) ? setTimeout(onCancel, Math.max(0, ms)) : undefined;
 
   metrics.streams.inc();
+  let lease: ModelLease | undefined;
   const writer = new OrderedWriter<SegmentTilesResponse>(call, signal, fail);
   try {
     if (deps.draining()) throw unavailable('server is shutting down');
-    const denied = deps.auth?.check(call.metadata, 'segment');
+    const denied = await deps.auth?.check(call, 'segment', 'SegmentationService/SegmentTiles');
     if (denied) throw denied;
 
     let ctx: StreamContext | undefined;
@@ -117,7 +107,7 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
       if (ended) break;
       if (req.options) {
         if (!first) throw invalidArgument('options may only come in the first message of a stream');
-        ctx = await streamContext(req.options, deps, signal);
+        ctx = await streamContext(req.options, deps, signal, (l) => (lease = l));
       }
       first = false;
       if (!req.tile) {
@@ -125,7 +115,7 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
         continue;
       }
       tilesRead++;
-      ctx ??= await streamContext(undefined, deps, signal);
+      ctx ??= await streamContext(undefined, deps, signal, (l) => (lease = l));
       // Backpressure: stop reading while this stream has too much in flight or the shared queue is full.
       await writer.waitBelow(config.streamWindow);
       await ctx.model.batcher.waitForCapacity(signal);
@@ -150,6 +140,8 @@ async function handle(call: Call, deps: HandlerDeps): Promise<void> {
   } finally {
     clearTimeout(timer);
     metrics.streams.dec();
+    // After the last answer is written (or the stream failed): the version may now be unloaded when idle.
+    void writer.finish().catch(() => undefined).finally(() => lease?.release());
   }
 }
 

@@ -104,7 +104,12 @@ export async function writeSynthDataset(opts: SynthDatasetOptions): Promise<Synt
   await writeFile(join(opts.out, CLASSES_TXT), classes.join('\n') + '\n');
 
   const master = new Rng(opts.seed ^ 0x5eed5eed);
-  const json: DatasetJson = { mpp: SYNTH_MPP, slides: {} };
+  const json: DatasetJson = {
+    mpp: SYNTH_MPP,
+    synthetic: true,
+    description: `synthetic slides from histoseg synth (seed ${opts.seed}, ${n} slides), not real tissue`,
+    slides: {},
+  };
   const summary: SynthDatasetSummary = { slides: [], patches: Object.fromEntries(classes.map((c) => [c, 0])), first: null };
   for (let i = 0; i < n; i++) {
     const name = synthSlideName(i);

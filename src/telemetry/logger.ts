@@ -10,7 +10,7 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream)
   return pino(
     {
       level,
-      base: { service: 'histoseg' },
+      base: { service: 'histoseg', pid: process.pid },
       redact: {
         paths: ['image', '*.image', 'tile', '*.tile', 'mask', '*.mask', 'tileId', '*.tileId', 'authorization', '*.authorization', 'token'],
         censor: '[redacted]',

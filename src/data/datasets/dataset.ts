@@ -33,6 +33,10 @@ export type Split = (typeof SPLITS)[number];
 export const DatasetJsonSchema = z
   .object({
     mpp: z.number().positive().optional(),
+    /** Set by `histoseg synth`: the slides are generated, not real tissue; a model trained on them is a demo. */
+    synthetic: z.boolean().optional(),
+    /** What the slides are, in words (goes into a trained model's manifest as trainedOn). */
+    description: z.string().max(500).optional(),
     slides: z
       .record(
         z.string(),
@@ -80,6 +84,10 @@ export interface Dataset {
   patches: PatchEntry[];
   /** Things skipped on purpose (e.g. unlabelled slides), for the caller to show. */
   warnings: string[];
+  /** Generated slides (dataset.json "synthetic": true), not real tissue. */
+  synthetic?: boolean;
+  /** dataset.json's description of the slides, if any. */
+  description?: string;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -272,7 +280,7 @@ export async function readGenericDataset(root: string): Promise<Dataset> {
   for (const file of await listDir(join(root, 'masks'))) {
     if (!names.has(basename(file, extname(file)))) warnings.push(`masks/${file} has no slide; ignored`);
   }
-  return { root, layout: 'generic', classes, aliases: {}, slides, patches, warnings };
+  return { root, layout: 'generic', classes, aliases: {}, slides, patches, warnings, synthetic: json?.synthetic === true, description: json?.description };
 }
 
 /** A slide's level-0 size scaled to `mpp` (unchanged when the slide's own mpp is unknown). */

@@ -13,10 +13,12 @@ export interface LabelMap {
  * all equal is accepted too (some tools save label maps that way). Palette PNGs are refused: sharp expands the
  * palette to colours and the indices would be lost.
  */
-export async function readLabelMap(path: string): Promise<LabelMap> {
+export async function readLabelMap(source: string | Uint8Array, opts: { maxPixels?: number } = {}): Promise<LabelMap> {
+  const path = typeof source === 'string' ? source : 'mask';
+  const input = () => sharp(source, { limitInputPixels: opts.maxPixels ?? 0x3fff * 0x3fff });
   let meta: Metadata;
   try {
-    meta = await sharp(path).metadata();
+    meta = await input().metadata();
   } catch (err) {
     throw new Error(`cannot read label map ${path}: ${(err as Error).message}`);
   }
@@ -27,9 +29,13 @@ export async function readLabelMap(path: string): Promise<LabelMap> {
   }
   // sharp's raw output is sRGB by default; a greyscale file is read as its one channel.
   const grey = (meta.channels ?? 3) <= 2;
-  const { data, info } = await (grey ? sharp(path).extractChannel(0) : sharp(path))
-    .raw()
-    .toBuffer({ resolveWithObject: true });
+  let decoded;
+  try {
+    decoded = await (grey ? input().extractChannel(0) : input()).raw().toBuffer({ resolveWithObject: true });
+  } catch (err) {
+    throw new Error(`cannot decode label map ${path}: ${(err as Error).message.split('\n')[0]}`);
+  }
+  const { data, info } = decoded;
   const n = info.width * info.height;
   const labels = new Uint8Array(n);
   const ch = info.channels;

@@ -3,6 +3,7 @@
 import { open } from 'node:fs/promises';
 import { extname } from 'node:path';
 import sharp from 'sharp';
+import type { RgbImage } from '../../imaging/decode.js';
 
 export class UnsupportedSlideError extends Error {
   override name = 'UnsupportedSlideError';
@@ -28,11 +29,7 @@ export interface SlideInfo {
   levels: SlideLevel[];
 }
 
-export interface RgbImage {
-  data: Uint8Array;
-  width: number;
-  height: number;
-}
+export type { RgbImage } from '../../imaging/decode.js';
 
 /** TIFF compression codes of JPEG 2000: Aperio's two (33003 YCbCr, 33005 RGB) and the registered one. */
 const JPEG2000_COMPRESSIONS = new Set([33003, 33005, 34712]);

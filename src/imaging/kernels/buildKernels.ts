@@ -1,4 +1,4 @@
-// `npm run build:kernels`: compiles pixelKernels.as.ts with AssemblyScript (a dev dependency) and writes the
+// Compiles pixelKernels.as.ts with AssemblyScript (a dev dependency) and writes the
 // binary into pixelKernelsWasm.ts as base64, so the server, tsx and the compiled dist/ all load it without an
 // asset step. A test recompiles and checks the committed module is this source's.
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -32,8 +32,9 @@ export function kernelsModuleText(wasm: Uint8Array): string {
   ].join('\n');
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+/** Compiles the kernels and writes the module the server loads; returns its path and the WebAssembly size. */
+export async function writeKernelsModule(): Promise<{ path: string; bytes: number }> {
   const wasm = await compileKernels();
   writeFileSync(TARGET, kernelsModuleText(wasm));
-  process.stdout.write(`wrote ${TARGET} (${wasm.length} bytes of WebAssembly)\n`);
+  return { path: TARGET, bytes: wasm.length };
 }

@@ -24,10 +24,10 @@ export function classWeights(pixelCounts: readonly number[], maxWeight = CLASS_W
  * `target` [B,H,W,C] holds w_{y_i} at the true class's channel and 0 elsewhere; items that are not segmentation
  * patches have all-zero rows, so they add nothing. No segmentation pixels at all gives 0.
  */
-export function weightedPixelCrossEntropy(maskLogits: tf.Tensor, target: tf.Tensor): tf.Scalar {
+export function weightedPixelCrossEntropy(maskLogits: tf.Tensor, target: tf.Tensor, denominator?: number): tf.Scalar {
   return tf.tidy(() => {
     const num = tf.neg(tf.sum(tf.mul(target, tf.logSoftmax(maskLogits))));
-    return tf.div(num, tf.maximum(tf.sum(target), 1e-12)) as tf.Scalar;
+    return tf.div(num, denominator === undefined ? tf.maximum(tf.sum(target), 1e-12) : Math.max(denominator, 1e-12)) as tf.Scalar;
   });
 }
 
@@ -35,10 +35,10 @@ export function weightedPixelCrossEntropy(maskLogits: tf.Tensor, target: tf.Tens
  * Cross-entropy on the class logits, averaged over the classification items (Sec. 2.2: "per item"). `target`
  * [B,C] is one-hot for classification patches and all zeros for segmentation patches; none at all gives 0.
  */
-export function itemCrossEntropy(clsLogits: tf.Tensor, target: tf.Tensor): tf.Scalar {
+export function itemCrossEntropy(clsLogits: tf.Tensor, target: tf.Tensor, denominator?: number): tf.Scalar {
   return tf.tidy(() => {
     const num = tf.neg(tf.sum(tf.mul(target, tf.logSoftmax(clsLogits))));
-    return tf.div(num, tf.maximum(tf.sum(target), 1)) as tf.Scalar;
+    return tf.div(num, denominator === undefined ? tf.maximum(tf.sum(target), 1) : Math.max(denominator, 1)) as tf.Scalar;
   });
 }
 
@@ -49,9 +49,18 @@ export interface JointLoss {
   cls: tf.Scalar;
 }
 
-/** The paper's objective: segmentation patches through encoder + decoder, class patches also through the classifier. */
-export function jointLoss(maskLogits: tf.Tensor, clsLogits: tf.Tensor, segTarget: tf.Tensor, clsTarget: tf.Tensor): JointLoss {
-  const seg = weightedPixelCrossEntropy(maskLogits, segTarget);
-  const cls = itemCrossEntropy(clsLogits, clsTarget);
+/**
+ * The paper's objective: segmentation patches through encoder + decoder, class patches also through the classifier.
+ * `denominators` (default: this batch's) lets a shard of a batch be normalised by the whole batch's sums.
+ */
+export function jointLoss(
+  maskLogits: tf.Tensor,
+  clsLogits: tf.Tensor,
+  segTarget: tf.Tensor,
+  clsTarget: tf.Tensor,
+  denominators?: { seg: number; cls: number },
+): JointLoss {
+  const seg = weightedPixelCrossEntropy(maskLogits, segTarget, denominators?.seg);
+  const cls = itemCrossEntropy(clsLogits, clsTarget, denominators?.cls);
   return { total: tf.add(seg, cls) as tf.Scalar, seg, cls };
 }

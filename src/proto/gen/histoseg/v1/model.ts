@@ -70,11 +70,30 @@ export interface ModelInfo {
   metrics: { [key: string]: number };
   /** Whether this version is loaded and served now. */
   loaded: boolean;
+  /** What the model was trained on, in words ("synthetic slides ...", a dataset's name); "unspecified" if unknown. */
+  trainedOn: string;
+  /** For demonstration only (trained on synthetic data, or untrained): its masks say nothing about real tissue. */
+  demoOnly: boolean;
 }
 
 export interface ModelInfo_MetricsEntry {
   key: string;
   value: number;
+}
+
+export interface ActivateModelRequest {
+  name: string;
+  /** Empty means the newest version of that name. */
+  version: string;
+}
+
+export interface ActivateModelResponse {
+  /** The new default. */
+  model:
+    | ModelInfo
+    | undefined;
+  /** The default before this call, as NAME@VERSION (activate it to roll back). */
+  previous: string;
 }
 
 function createBaseListModelsRequest(): ListModelsRequest {
@@ -467,6 +486,8 @@ function createBaseModelInfo(): ModelInfo {
     parent: "",
     metrics: {},
     loaded: false,
+    trainedOn: "",
+    demoOnly: false,
   };
 }
 
@@ -507,6 +528,12 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     });
     if (message.loaded !== false) {
       writer.uint32(96).bool(message.loaded);
+    }
+    if (message.trainedOn !== "") {
+      writer.uint32(106).string(message.trainedOn);
+    }
+    if (message.demoOnly !== false) {
+      writer.uint32(112).bool(message.demoOnly);
     }
     return writer;
   },
@@ -623,6 +650,22 @@ export const ModelInfo: MessageFns<ModelInfo> = {
             message.loaded = reader.bool();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.trainedOn = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.demoOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -674,6 +717,16 @@ export const ModelInfo: MessageFns<ModelInfo> = {
         )
         : {},
       loaded: isSet(object.loaded) ? globalThis.Boolean(object.loaded) : false,
+      trainedOn: isSet(object.trainedOn)
+        ? globalThis.String(object.trainedOn)
+        : isSet(object.trained_on)
+        ? globalThis.String(object.trained_on)
+        : "",
+      demoOnly: isSet(object.demoOnly)
+        ? globalThis.Boolean(object.demoOnly)
+        : isSet(object.demo_only)
+        ? globalThis.Boolean(object.demo_only)
+        : false,
     };
   },
 
@@ -721,6 +774,12 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     if (message.loaded !== false) {
       obj.loaded = message.loaded;
     }
+    if (message.trainedOn !== "") {
+      obj.trainedOn = message.trainedOn;
+    }
+    if (message.demoOnly !== false) {
+      obj.demoOnly = message.demoOnly;
+    }
     return obj;
   },
 
@@ -749,6 +808,8 @@ export const ModelInfo: MessageFns<ModelInfo> = {
       {},
     );
     message.loaded = object.loaded ?? false;
+    message.trainedOn = object.trainedOn ?? "";
+    message.demoOnly = object.demoOnly ?? false;
     return message;
   },
 };
@@ -838,6 +899,178 @@ export const ModelInfo_MetricsEntry: MessageFns<ModelInfo_MetricsEntry> = {
   },
 };
 
+function createBaseActivateModelRequest(): ActivateModelRequest {
+  return { name: "", version: "" };
+}
+
+export const ActivateModelRequest: MessageFns<ActivateModelRequest> = {
+  encode(message: ActivateModelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.version !== "") {
+      writer.uint32(18).string(message.version);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ActivateModelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseActivateModelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.version = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ActivateModelRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      version: isSet(object.version) ? globalThis.String(object.version) : "",
+    };
+  },
+
+  toJSON(message: ActivateModelRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.version !== "") {
+      obj.version = message.version;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ActivateModelRequest>, I>>(base?: I): ActivateModelRequest {
+    return ActivateModelRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ActivateModelRequest>, I>>(object: I): ActivateModelRequest {
+    const message = createBaseActivateModelRequest();
+    message.name = object.name ?? "";
+    message.version = object.version ?? "";
+    return message;
+  },
+};
+
+function createBaseActivateModelResponse(): ActivateModelResponse {
+  return { model: undefined, previous: "" };
+}
+
+export const ActivateModelResponse: MessageFns<ActivateModelResponse> = {
+  encode(message: ActivateModelResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== undefined) {
+      ModelInfo.encode(message.model, writer.uint32(10).fork()).join();
+    }
+    if (message.previous !== "") {
+      writer.uint32(18).string(message.previous);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ActivateModelResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseActivateModelResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = ModelInfo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.previous = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ActivateModelResponse {
+    return {
+      model: isSet(object.model) ? ModelInfo.fromJSON(object.model) : undefined,
+      previous: isSet(object.previous) ? globalThis.String(object.previous) : "",
+    };
+  },
+
+  toJSON(message: ActivateModelResponse): unknown {
+    const obj: any = {};
+    if (message.model !== undefined) {
+      obj.model = ModelInfo.toJSON(message.model);
+    }
+    if (message.previous !== "") {
+      obj.previous = message.previous;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ActivateModelResponse>, I>>(base?: I): ActivateModelResponse {
+    return ActivateModelResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ActivateModelResponse>, I>>(object: I): ActivateModelResponse {
+    const message = createBaseActivateModelResponse();
+    message.model = (object.model !== undefined && object.model !== null)
+      ? ModelInfo.fromPartial(object.model)
+      : undefined;
+    message.previous = object.previous ?? "";
+    return message;
+  },
+};
+
 /** Describes the models in the server's repository. */
 export type ModelServiceService = typeof ModelServiceService;
 export const ModelServiceService = {
@@ -859,11 +1092,30 @@ export const ModelServiceService = {
     responseSerialize: (value: GetModelResponse): Buffer => Buffer.from(GetModelResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetModelResponse => GetModelResponse.decode(value),
   },
+  /**
+   * Makes that version the server's default (needs the admin role); activating the previous version is the
+   * rollback. Every server sharing the model repository follows within seconds.
+   */
+  activateModel: {
+    path: "/histoseg.v1.ModelService/ActivateModel" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ActivateModelRequest): Buffer => Buffer.from(ActivateModelRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ActivateModelRequest => ActivateModelRequest.decode(value),
+    responseSerialize: (value: ActivateModelResponse): Buffer =>
+      Buffer.from(ActivateModelResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ActivateModelResponse => ActivateModelResponse.decode(value),
+  },
 } as const;
 
 export interface ModelServiceServer extends UntypedServiceImplementation {
   listModels: handleUnaryCall<ListModelsRequest, ListModelsResponse>;
   getModel: handleUnaryCall<GetModelRequest, GetModelResponse>;
+  /**
+   * Makes that version the server's default (needs the admin role); activating the previous version is the
+   * rollback. Every server sharing the model repository follows within seconds.
+   */
+  activateModel: handleUnaryCall<ActivateModelRequest, ActivateModelResponse>;
 }
 
 export interface ModelServiceClient extends Client {
@@ -896,6 +1148,25 @@ export interface ModelServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetModelResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Makes that version the server's default (needs the admin role); activating the previous version is the
+   * rollback. Every server sharing the model repository follows within seconds.
+   */
+  activateModel(
+    request: ActivateModelRequest,
+    callback: (error: ServiceError | null, response: ActivateModelResponse) => void,
+  ): ClientUnaryCall;
+  activateModel(
+    request: ActivateModelRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ActivateModelResponse) => void,
+  ): ClientUnaryCall;
+  activateModel(
+    request: ActivateModelRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ActivateModelResponse) => void,
   ): ClientUnaryCall;
 }
 
