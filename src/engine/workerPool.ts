@@ -2,7 +2,7 @@ import { EventEmitter, once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import type { Manifest } from '../model/manifest.js';
 import type { Device, EngineKind, EngineOutput } from './engine.js';
-import type { WorkerInit, WorkerReply } from './workerProtocol.js';
+import type { WorkerInit, WorkerReply, WorkerRequest } from './workerProtocol.js';
 import type { GpuAdapterInfo } from '../util/gpuAdapter.js';
 import { startModuleWorker } from '../util/moduleWorker.js';
 
@@ -219,11 +219,13 @@ export class EnginePool extends EventEmitter {
   }
 
   /**
-   * Kills worker i the way a crash would (terminate, no notice to the pool): for tests and failure drills. The
-   * pool finds out from the worker's exit, as it would for any other death.
+   * Makes worker i exit the way a crash would (no notice to the pool), for tests and failure drills: the pool finds
+   * out from its exit, as for any other death. The worker exits when it reads this message, so a batch posted to it
+   * afterwards is lost with it. (Not Worker.terminate(): terminating a worker inside onnxruntime's native run
+   * aborts the whole process.)
    */
-  killWorker(i: number): Promise<number> {
-    return this.slots[i]!.worker.terminate();
+  killWorker(i: number): void {
+    this.slots[i]!.worker.postMessage({ type: 'crash' } satisfies WorkerRequest);
   }
 
   /** Index of a worker running a batch now, or -1. */
