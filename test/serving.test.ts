@@ -50,9 +50,9 @@ describe('engine pool: a dead worker is noticed at once', () => {
     const downs: number[] = [];
     pool.on('down', (alive: number) => downs.push(alive));
     const up = next(pool, 'up');
+    pool.killWorker(0); // it exits when it reads this, before the batch posted next
     const batch = pool.run({ data: new Uint8Array(16 * inputLength), n: 16 });
     assert.equal(pool.busyWorker(), 0);
-    void pool.killWorker(0);
     await assert.rejects(batch, (err: Error) => (assert.ok(err instanceof EngineUnavailableError, err.message), assert.match(err.message, /died/), true));
     assert.deepEqual(downs, [0], 'the pool reported no live worker');
     assert.equal(pool.idleCount(), 0, 'a dead worker is not idle');
@@ -65,7 +65,7 @@ describe('engine pool: a dead worker is noticed at once', () => {
 
   it('a worker that dies while idle is not handed the next batch: the batch runs on its replacement', async () => {
     const down = next(pool, 'down');
-    await pool.killWorker(0);
+    pool.killWorker(0);
     await down;
     assert.equal(pool.idleCount(), 0);
     assert.rejects(pool.run({ data: new Uint8Array(inputLength), n: 1 }), /no idle engine worker/);
@@ -142,12 +142,12 @@ describe('server: one stream cannot starve the others; the queue bound is in win
   });
 
   it('health is NOT_SERVING while the only engine worker is dead, SERVING once it is replaced; tiles work again', async () => {
-    const model = await server.registry.get('', '');
+    const model = (await server.registry.get('', '')) as unknown as { pool: EnginePool };
     const health = watchHealth(address, 'histoseg.v1.SegmentationService');
     try {
       await health.reaches('SERVING');
       const mark = health.seen.length;
-      await (model.pool as EnginePool).killWorker(0);
+      model.pool.killWorker(0);
       await health.reaches('NOT_SERVING', mark);
       await health.reaches('SERVING', mark + 1);
       const s = openStream(clients);
@@ -161,14 +161,19 @@ describe('server: one stream cannot starve the others; the queue bound is in win
   });
 
   it('a worker killed mid-batch ends the streams whose windows it held with UNAVAILABLE, never a hang', async () => {
-    const model = await server.registry.get('', '');
+    const model = (await server.registry.get('', '')) as unknown as { pool: EnginePool };
+    // The worker is told to crash just before the stream's first batch is posted to it: that batch dies with it.
+    const pool = model.pool;
+    const run = pool.run.bind(pool);
+    pool.run = (input) => {
+      pool.run = run;
+      pool.killWorker(0);
+      return run(input);
+    };
     const s = openStream(clients);
     s.send([await noiseTile('lost', 600, 6)]);
     s.call.end();
-    const pool = model.pool as EnginePool;
-    while (pool.busyWorker() < 0) await once(batcher, 'capacity');
-    void pool.killWorker(pool.busyWorker());
-    const up = next(pool, 'up');
+    const up = next(model.pool, 'up');
     const st = await s.done;
     assert.equal(st.code, status.UNAVAILABLE, `${status[st.code]}: ${st.details}`);
     assert.match(st.details, /engine worker died/);

@@ -36,6 +36,7 @@ port.on('message', (msg: WorkerRequest) => {
 });
 
 async function handle(msg: WorkerRequest): Promise<void> {
+  if (msg.type === 'crash') process.exit(70);
   if (msg.type === 'dispose') {
     await engine.dispose();
     port!.close();

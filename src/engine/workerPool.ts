@@ -2,7 +2,7 @@ import { EventEmitter, once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import type { Manifest } from '../model/manifest.js';
 import type { Device, EngineKind, EngineOutput } from './engine.js';
-import type { WorkerInit, WorkerReply } from './workerProtocol.js';
+import type { WorkerInit, WorkerReply, WorkerRequest } from './workerProtocol.js';
 import type { GpuAdapterInfo } from '../util/gpuAdapter.js';
 import { startModuleWorker } from '../util/moduleWorker.js';
 
@@ -219,11 +219,13 @@ export class EnginePool extends EventEmitter {
   }
 
   /**
-   * Kills worker i the way a crash would (terminate, no notice to the pool): for tests and failure drills. The
-   * pool finds out from the worker's exit, as it would for any other death.
+   * Makes worker i exit the way a crash would (no notice to the pool), for tests and failure drills: the pool finds
+   * out from its exit, as for any other death. The worker exits when it reads this message, so a batch posted to it
+   * afterwards is lost with it. (Not Worker.terminate(): terminating a worker inside onnxruntime's native run
+   * aborts the whole process.)
    */
-  killWorker(i: number): Promise<number> {
-    return this.slots[i]!.worker.terminate();
+  killWorker(i: number): void {
+    this.slots[i]!.worker.postMessage({ type: 'crash' } satisfies WorkerRequest);
   }
 
   /** Index of a worker running a batch now, or -1. */
@@ -237,18 +239,10 @@ export class EnginePool extends EventEmitter {
    */
   async halt(timeoutMs: number): Promise<void> {
     this.halted = true;
-    const idle = () => this.slots.every((s) => !s.alive || s.pending.size === 0);
-    const drained = new Promise<void>((resolve) => {
-      if (idle()) return resolve();
-      const check = () => {
-        if (!idle()) return;
-        this.off('idle', check);
-        resolve();
-      };
-      this.on('idle', check);
-    });
+    const idle = () => this.slots.every((s) => s.pending.size === 0);
+    const running = idle() ? Promise.resolve() : new Promise<void>((r) => this.on('idle', () => idle() && r()));
     const timer = new Promise<void>((r) => setTimeout(r, timeoutMs).unref());
-    await Promise.race([drained, timer]);
+    await Promise.race([running, timer]);
   }
 
   /** Runs a batch of RGB windows on the least loaded live worker; the buffer is transferred (unusable afterwards). */

@@ -12,7 +12,8 @@ export interface WorkerInit {
 }
 
 /** rgb: n windows of size x size RGB bytes (HWC); the worker normalises them into the engine's float input. */
-export type WorkerRequest = { type: 'run'; id: number; rgb: Uint8Array; n: number } | { type: 'dispose' };
+/** crash: the worker exits at once with code 70, as a crash would (tests and failure drills; see EnginePool.killWorker). */
+export type WorkerRequest = { type: 'run'; id: number; rgb: Uint8Array; n: number } | { type: 'dispose' } | { type: 'crash' };
 
 export type WorkerReply =
   | { type: 'ready'; engine: string; adapter?: GpuAdapterInfo }

@@ -137,12 +137,13 @@ export class Batcher extends EventEmitter {
     return this.queued + this.reservedCount < this.opts.queueCapacity;
   }
 
-  /** Resolves once the queue has room for one more window (backpressure for stream readers); rejects if the signal aborts. */
+  /**
+   * Resolves once the queue has room for one more window (backpressure for stream readers); rejects if the signal
+   * aborts. It waits its turn among reserve()'s waiters, so a reader is not passed over by a large tile's slices.
+   */
   async waitForCapacity(signal?: AbortSignal): Promise<void> {
-    while (!this.hasCapacity()) {
-      if (this.stopped) throw new BatcherStoppedError('server is shutting down');
-      await once(this, 'capacity', { signal });
-    }
+    if (this.stopped) throw new BatcherStoppedError('server is shutting down');
+    this.unreserve(await this.reserve(1, signal));
   }
 
   /**

@@ -14,7 +14,7 @@ export interface ModelRunner extends BatchRunner {
   /** GPU engines: the adapter they run on. */
   readonly adapter?: GpuAdapterInfo;
   close(): Promise<void>;
-  /** Start no new batch; resolve once none runs (or after timeoutMs). */
+  /** Starts no new batch; resolves when none runs (or after timeoutMs). Runners with no threads of their own omit it. */
   halt?(timeoutMs: number): Promise<void>;
 }
 
@@ -71,7 +71,7 @@ interface Slot {
  * repository, loading the new default before switching to it (a failed load leaves the old one serving). Names
  * from requests are resolved only among the repository's listed entries, never used as paths.
  *
- * Emits 'engineHealth' ({ model, isDefault, alive }) whenever a model's engine workers die or come back, so the
+ * Emits 'engineHealth' ({ model, alive }) whenever a loaded version's engine workers die or come back, so the
  * server can say NOT_SERVING while the default model has no live worker.
  */
 export class ModelRegistry extends EventEmitter {
@@ -241,7 +241,7 @@ export class ModelRegistry extends EventEmitter {
       this.metrics,
     );
     pool.on('error', (err: Error) => this.log.error({ err, model: k }, 'engine worker failed'));
-    const health = (alive: number) => this.emit('engineHealth', { model: k, isDefault: k === this.defaultKey, alive });
+    const health = (alive: number) => this.emit('engineHealth', { model: k, alive });
     pool.on('down', health);
     pool.on('up', health);
     try {
@@ -306,13 +306,13 @@ export class ModelRegistry extends EventEmitter {
     return all.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
   }
 
-  /** Drains every batcher, then stops the engines. */
   /** Stops every engine from starting batches and waits (up to timeoutMs) for the running ones: before a hard exit. */
   async halt(timeoutMs: number): Promise<void> {
     const models = await this.loadedModels();
     await Promise.all(models.map((m) => m.pool.halt?.(timeoutMs)));
   }
 
+  /** Drains every batcher, then stops the engines. */
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.poller);

@@ -12,27 +12,6 @@ import type { SlideStain, StainTurn } from './slideStain.js';
 /** Relative mpp difference below which a tile is taken at the model's scale as it is. */
 const MPP_TOLERANCE = 0.02;
 
-/**
- * The microns per pixel a tile may claim (0 means "at the model's scale"). Brightfield scanners range from about
- * 0.1 um/px (100X) to a few um/px for thumbnails; outside these bounds the value is a mistake, not a scale.
- */
-export const MPP_RANGE = { min: 0.01, max: 1000 } as const;
-
-/** Why a tile's mpp cannot be used, or undefined when it can. */
-export function mppProblem(mpp: number): string | undefined {
-  if (!Number.isFinite(mpp)) return `mpp must be a finite number, got ${mpp}`;
-  if (mpp < 0) return `mpp must not be negative, got ${mpp}`;
-  if (mpp !== 0 && (mpp < MPP_RANGE.min || mpp > MPP_RANGE.max)) {
-    return `mpp must be 0 (tile already at the model's scale) or between ${MPP_RANGE.min} and ${MPP_RANGE.max} microns per pixel, got ${mpp}`;
-  }
-  return undefined;
-}
-
-/** The factor a tile is resampled by to reach the model's scale; 1 when it is taken as it is. */
-function tileScale(mpp: number, modelMpp: number): number {
-  return mpp > 0 && Math.abs(mpp - modelMpp) / modelMpp > MPP_TOLERANCE ? mpp / modelMpp : 1;
-}
-
 /*
  * Fairness: no synchronous step of a large tile holds the event loop for long, so health checks, metrics and
  * other streams' tiles are served while it is processed. Pixel passes run in steps of CHUNK_PIXELS with a pause
@@ -68,6 +47,27 @@ function deferred<T>(): Deferred<T> {
   return d;
 }
 
+/**
+ * The microns per pixel a tile may claim (0 means "at the model's scale"). Brightfield scanners range from about
+ * 0.1 um/px (100X) to a few um/px for thumbnails; outside these bounds the value is a mistake, not a scale.
+ */
+export const MPP_RANGE = { min: 0.01, max: 1000 } as const;
+
+/** Why a tile's mpp cannot be used, or undefined when it can. */
+export function mppProblem(mpp: number): string | undefined {
+  if (!Number.isFinite(mpp)) return `mpp must be a finite number, got ${mpp}`;
+  if (mpp < 0) return `mpp must not be negative, got ${mpp}`;
+  if (mpp !== 0 && (mpp < MPP_RANGE.min || mpp > MPP_RANGE.max)) {
+    return `mpp must be 0 (tile already at the model's scale) or between ${MPP_RANGE.min} and ${MPP_RANGE.max} microns per pixel, got ${mpp}`;
+  }
+  return undefined;
+}
+
+/** The factor a tile is resampled by to reach the model's scale; 1 when it is taken as it is. */
+function tileScale(mpp: number, modelMpp: number): number {
+  return mpp > 0 && Math.abs(mpp - modelMpp) / modelMpp > MPP_TOLERANCE ? mpp / modelMpp : 1;
+}
+
 export interface TileLimits {
   maxPixels: number;
 }
@@ -81,7 +81,6 @@ export interface StreamContext {
   readonly stain?: SlideStain;
   readonly signal: AbortSignal;
 }
-
 
 /**
  * A tile as the pipeline sees it: encoded image bytes (what a client sends) or decoded RGB (what a local caller
@@ -274,8 +273,8 @@ export class TilePipeline {
       if (tile.rgb) {
         img = tile.rgb;
         const px = img.width * img.height;
-        if (!(img.width >= 1 && img.height >= 1 && img.data.length === px * 3)) throw new InvalidImageError(`RGB tile of ${img.data.length} bytes is not ${img.width}x${img.height}x3`);
         checkPixelLimit(img, this.limits.maxPixels, scale);
+        if (!(img.width >= 1 && img.height >= 1 && img.data.length === px * 3)) throw new InvalidImageError(`RGB tile of ${img.data.length} bytes is not ${img.width}x${img.height}x3`);
       } else {
         img = await decodeImage(tile.image, { maxPixels: this.limits.maxPixels, scale, maxSyncPixels: SYNC_PIXELS }, take);
       }

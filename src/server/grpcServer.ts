@@ -91,8 +91,8 @@ export async function startServer(config: Config, log: Logger, metrics = new Met
     log,
     metrics,
   );
-  registry.on('engineHealth', (e: { model: string; isDefault: boolean; alive: number }) => {
-    if (!e.isDefault) return;
+  registry.on('engineHealth', (e: { model: string; alive: number }) => {
+    if (e.model !== registry.defaultModelKey) return;
     engineAlive = e.alive > 0;
     if (engineAlive) log.info({ model: e.model, alive: e.alive }, 'engine worker back');
     else log.error({ model: e.model }, 'no engine worker alive: NOT_SERVING until one is back');
