@@ -129,3 +129,32 @@ test('a small tile ignores the padded part of its window; classFractions sums to
   const mixed = new Uint8Array([0, 1, 1, 1]);
   assert.deepEqual(new Blender(2, 2, 3).classFractions(mixed), [0.25, 0.75, 0]);
 });
+
+test('blending the 16x16 decoder output equals blending its nearest upsampling, bit for bit', () => {
+  const nc = 4;
+  const m = 16;
+  const f = INPUT_SIZE / m;
+  const w = 300;
+  const h = 230;
+  const wins = planWindows(w, h);
+  let seed = 7;
+  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32) * 12 - 6;
+  const small = wins.map(() => Float32Array.from({ length: nc * m * m }, rand));
+  const coarse = new Blender(w, h, nc);
+  const fine = new Blender(w, h, nc);
+  wins.forEach((win, i) => {
+    const up = new Float32Array(nc * INPUT_SIZE * INPUT_SIZE);
+    for (let c = 0; c < nc; c++) {
+      for (let y = 0; y < INPUT_SIZE; y++) {
+        for (let x = 0; x < INPUT_SIZE; x++) up[(c * INPUT_SIZE + y) * INPUT_SIZE + x] = small[i]![(c * m + Math.floor(y / f)) * m + Math.floor(x / f)]!;
+      }
+    }
+    coarse.add(win, small[i]!, 0, m);
+    fine.add(win, up, 0);
+  });
+  const a = coarse.labels();
+  assert.deepEqual(a, fine.labels());
+  assert.ok(new Set(a).size > 1, 'the test blends several classes');
+  assert.deepEqual((coarse as unknown as { acc: Float32Array }).acc, (fine as unknown as { acc: Float32Array }).acc);
+  assert.throws(() => coarse.add(wins[0]!, small[0]!, 0, 12), RangeError);
+});

@@ -6,6 +6,7 @@ import { Blender, countClasses } from '../imaging/blend.js';
 import { kernelLabelOneWindow } from '../imaging/kernels/pixelKernels.js';
 import type { WindowResult } from './batcher.js';
 import { BytePool } from './bufferPool.js';
+import { Turnstile } from './turnstile.js';
 import type { LoadedModel } from './modelRegistry.js';
 import type { SlideStain, StainTurn } from './slideStain.js';
 
@@ -23,12 +24,11 @@ const CHUNK_PIXELS = 1 << 17;
 const SYNC_PIXELS = 1 << 18;
 const WINDOW_SLICE = 16;
 const BLEND_STEP = 2;
+/** Encoded tiles over this many bytes wait for a CPU turn before their synchronous decode. */
+const TURN_BYTES = 64 * 1024;
 
-/** Lets timers, I/O and other tiles run before the next step. */
-const pause = () => new Promise<void>((resolve) => setImmediate(resolve));
-
-/** Runs fn over [0, n) in steps of `step`, pausing between steps (no pause at all when one step covers it). */
-async function inSteps(n: number, step: number, fn: (from: number, to: number) => void): Promise<void> {
+/** Runs fn over [0, n) in steps of `step`, each after a CPU turn (no wait at all when one step covers it). */
+async function inSteps(pause: () => Promise<void>, n: number, step: number, fn: (from: number, to: number) => void): Promise<void> {
   for (let a = 0; a < n; a += step) {
     fn(a, Math.min(n, a + step));
     if (a + step < n) await pause();
@@ -188,18 +188,6 @@ export function labelOneWindowTs(logits: Float32Array, C: number, m: number, n: 
   }
 }
 
-/** The same for C planes of logits, for windows that are blended, into `out` (C x n x n). */
-function upsampleLogits(logits: Float32Array, C: number, m: number, n: number, out: Float32Array): Float32Array {
-  if (m === n) return logits;
-  const f = n / m;
-  for (let c = 0; c < C; c++) {
-    for (let y = 0; y < n; y++) {
-      const row = c * m * m + ((y / f) | 0) * m;
-      for (let x = 0; x < n; x++) out[c * n * n + y * n + x] = logits[row + ((x / f) | 0)];
-    }
-  }
-  return out;
-}
 
 /**
  * The tile path, wire-free: encoded bytes in, a TileResult out. It owns the byte pool its tiles' buffers
@@ -207,6 +195,8 @@ function upsampleLogits(logits: Float32Array, C: number, m: number, n: number, o
  */
 export class TilePipeline {
   readonly buffers = new BytePool();
+  /** CPU turns shared by every tile of this pipeline: one synchronous step per turn of the event loop. */
+  readonly cpu = new Turnstile();
 
   constructor(readonly limits: TileLimits) {}
 
@@ -263,6 +253,7 @@ export class TilePipeline {
     queued: () => void,
     turn: StainTurn | undefined,
   ): Promise<TileResult> {
+    const pause = this.cpu.turn;
     const { model } = ctx;
     const manifest = model.manifest;
     const C = manifest.classes.length;
@@ -276,6 +267,8 @@ export class TilePipeline {
         checkPixelLimit(img, this.limits.maxPixels, scale);
         if (!(img.width >= 1 && img.height >= 1 && img.data.length === px * 3)) throw new InvalidImageError(`RGB tile of ${img.data.length} bytes is not ${img.width}x${img.height}x3`);
       } else {
+        // A large image's synchronous decode waits for a CPU turn; one-window tiles are too small to wait for.
+        if (tile.image.length > TURN_BYTES) await pause();
         img = await decodeImage(tile.image, { maxPixels: this.limits.maxPixels, scale, maxSyncPixels: SYNC_PIXELS }, take);
       }
     } catch (err) {
@@ -292,6 +285,9 @@ export class TilePipeline {
       work = await resizeRgb(img, target.width, target.height);
     }
     const pixels = work.width * work.height;
+    // Larger than one window: each synchronous pixel pass below waits for a CPU turn (Turnstile).
+    const multi = pixels > size * size;
+    if (multi) await pause();
     const tissue = take(pixels);
     const tissueCount =
       pixels > SYNC_PIXELS ? await tissueMaskChunked(work.data, work.width, work.height, tissue, pause, CHUNK_PIXELS) : tissueMaskInto(work.data, work.width, work.height, tissue);
@@ -317,10 +313,11 @@ export class TilePipeline {
     }
 
     let rgb = work.data;
+    if (multi) await pause();
     const normalize = await turn?.sample(rgb, pixels, tissue, pause, CHUNK_PIXELS);
     if (normalize) {
       const out = take(pixels * 3);
-      await inSteps(pixels, CHUNK_PIXELS, (a, b) => normalize(rgb.subarray(a * 3, b * 3), b - a, out.subarray(a * 3, b * 3)));
+      await inSteps(pause, pixels, CHUNK_PIXELS, (a, b) => normalize(rgb.subarray(a * 3, b * 3), b - a, out.subarray(a * 3, b * 3)));
       rgb = out;
     }
     const normalized: RgbImage = { data: rgb, width: work.width, height: work.height };
@@ -374,16 +371,16 @@ export class TilePipeline {
         labelOneWindow(r.mask, C, r.maskSize, size, tissue, labels, counts);
       } else {
         const blender = new Blender(work.width, work.height, C, size);
-        const up = new Float32Array(C * size * size);
         for (let i = 0; i < n; i++) {
           const r = await slots[i]!.promise;
+          if (i % BLEND_STEP === 0) await pause();
           note(r);
-          blender.add(windows[i]!, upsampleLogits(r.mask, C, r.maskSize, size, up), 0);
-          if (i % BLEND_STEP === BLEND_STEP - 1 && i + 1 < n) await pause();
+          blender.add(windows[i]!, r.mask, 0, r.maskSize);
         }
         const blended = take(pixels);
+        await pause();
         // Glass is background whatever the model says: the tissue mask is the paper's own foreground rule (App. B.1).
-        await inSteps(pixels, CHUNK_PIXELS, (a, b) => {
+        await inSteps(pause, pixels, CHUNK_PIXELS, (a, b) => {
           blender.labelsInto(blended, a, b);
           for (let p = a; p < b; p++) if (tissue[p] === 0) blended[p] = 0;
         });
@@ -397,13 +394,13 @@ export class TilePipeline {
       const resized = take(width * height);
       const rows = Math.max(1, Math.floor(CHUNK_PIXELS / width));
       const resample = labelResampler(labels, work.width, work.height, resized, width, height);
-      await inSteps(height, rows, resample);
+      await inSteps(pause, height, rows, resample);
       labels = resized;
       counts = undefined;
     }
     if (!counts) {
       const c = new Float64Array(C);
-      await inSteps(labels.length, CHUNK_PIXELS, (a, b) => countClasses(labels, c, a, b));
+      await inSteps(pause, labels.length, CHUNK_PIXELS, (a, b) => countClasses(labels, c, a, b));
       counts = c;
     }
     const total = width * height;
