@@ -136,7 +136,7 @@ async function main() {
   const result: Record<string, unknown> = {
     when: new Date().toISOString(),
     machine: { cpus: cpus().length, model: cpus()[0]?.model, loadavg_at_start: loadavg().map((x) => round(x)) },
-    note: 'shared 2-core machine (other agents running): absolute figures are noisy; compare the ratios within this run',
+    note: '2-core machine, load average at start above: absolute figures move with load; compare the ratios within this run',
   };
   try {
     // 1. Upload throughput.
