@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { status, type ServiceError } from '@grpc/grpc-js';
 import sharp from 'sharp';
+import { fromFile } from 'geotiff';
 import { parseModelRef, readTokenFile, segmentImage, type SegmentSummary } from '../src/cli/segmentCommand.js';
 import { loadConfig } from '../src/server/config.js';
 import { startServer, type RunningServer } from '../src/server/grpcServer.js';
@@ -123,6 +124,24 @@ describe('histoseg segment', () => {
     const mask = await decodeMask(readFileSync(out));
     assert.deepEqual([mask.width, mask.height, mask.channels], [512, 512, 1]);
     assertSharesMatch(summary, mask.data, 1e-4);
+  });
+
+  it('--out FILE.tif writes the same label map as a tiled TIFF with the slide\'s resolution', async () => {
+    const png = await tissuePng();
+    const outPng = join(dir, 'same.png');
+    const outTif = join(dir, 'same.tif');
+    await segmentImage({ server: address, image: png, mpp: 0, tile: 256, out: outPng });
+    const summary = await segmentImage({ server: address, image: png, mpp: 0, tile: 256, out: outTif });
+    assert.equal(summary.mask, outTif);
+    const meta = await sharp(outTif).metadata();
+    assert.equal(meta.format, 'tiff');
+    const image = await (await fromFile(outTif)).getImage();
+    assert.ok(image.isTiled, 'tiled');
+    const [num, den] = Array.from((image.getFileDirectory() as unknown as { getValue(n: string): ArrayLike<number> }).getValue('XResolution'));
+    assert.ok(Math.abs(num! / den! - 10_000 / 7.5) < 1, `${num! / den!} px/cm at the model's 7.5 um/px`);
+    const a = await decodeMask(readFileSync(outPng));
+    const { data } = await sharp(outTif).extractChannel(0).raw().toBuffer({ resolveWithObject: true });
+    assert.ok(Buffer.compare(a.data, data) === 0, 'the TIFF holds the PNG\'s labels');
   });
 
   it('fails clearly: no mpp in a PNG, a bad tile size, an unknown model version', async () => {

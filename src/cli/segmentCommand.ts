@@ -14,6 +14,7 @@ import { resizeLabels } from '../imaging/decode.js';
 import { tissueMask } from '../imaging/tissue.js';
 import { connect, type HistosegClients } from '../client/segmentationClient.js';
 import { remoteSegmenter } from '../client/remoteSegmenter.js';
+import { isTiffPath, writeLabelTiff } from '../data/labels/labelTiff.js';
 import { DEFAULT_SLIDE_TILE, imageSource, segmentSlide, type Region, type SlideSource } from '../pipeline/segmentSlide.js';
 import { slideAreas, type SlideAreas } from '../pipeline/slideSummary.js';
 
@@ -47,7 +48,10 @@ export interface SegmentImageOptions {
   mpp?: number;
   /** Tile side in pixels at the model's scale (default DEFAULT_TILE). */
   tile?: number;
-  /** Label mask PNG to write: one class index per pixel, the image's size. */
+  /**
+   * Label map to write, one class index per pixel at the image's size: a PNG (up to MAX_STITCH_PIXELS), or a tiled
+   * TIFF for a slide of any size when the name ends in .tif or .tiff.
+   */
   out?: string;
   /** Colour overlay PNG to write, in the model's class colours. */
   overlay?: string;
@@ -148,11 +152,14 @@ export async function segmentImage(opts: SegmentImageOptions): Promise<SegmentSu
     throw new Error(`${where} does not state its microns per pixel: pass --mpp (the level-0 um/px), or --mpp 0 if it is already at the model's scale`);
   }
   if (!Number.isFinite(mpp) || mpp < 0) throw new Error(`--mpp must be a number >= 0, got ${mpp}`);
-  const wantFullSize = !!(opts.out || opts.overlay);
+  const tiffOut = !!opts.out && isTiffPath(opts.out);
+  const pngOut = !!opts.out && !tiffOut;
+  const wantFullSize = pngOut || !!opts.overlay;
   if (wantFullSize && width * height > MAX_STITCH_PIXELS) {
     throw new Error(
       `${where} is ${width}x${height}: over ${MAX_STITCH_PIXELS} pixels, too large to stitch into one full-size PNG; ` +
-        "--dicom-seg and --geojson write the label map of a slide of any size (at the model's scale), and the summary needs neither",
+        '--out FILE.tif writes the label map of a slide of any size as a tiled TIFF, --dicom-seg and --geojson write it at the ' +
+        "model's scale, and the summary needs none of them",
     );
   }
   const { name, version } = parseModelRef(opts.model);
@@ -256,12 +263,16 @@ export async function segmentImage(opts: SegmentImageOptions): Promise<SegmentSu
       }
       if (opts.store) summary.stored = await storeInstances(opts.dicomweb!, [seg]);
     }
+    if (tiffOut) {
+      await writeLabelTiff(opts.out!, { labels, width: mw, height: mh }, width, height, mpp > 0 ? mpp : model.mpp);
+      summary.mask = opts.out;
+    }
     if (wantFullSize) {
       // Nearest neighbour: labels are categories, never blended.
       const full = mw === width && mh === height ? labels : await resizeLabels(labels, mw, mh, width, height);
-      if (opts.out) {
+      if (pngOut) {
         // b-w, or sharp 0.35 widens the single channel to sRGB on the way out.
-        await sharp(full, { raw: { width, height, channels: 1 } }).toColourspace('b-w').png().toFile(opts.out);
+        await sharp(full, { raw: { width, height, channels: 1 } }).toColourspace('b-w').png().toFile(opts.out!);
         summary.mask = opts.out;
       }
       if (opts.overlay) {
@@ -345,7 +356,7 @@ export function registerSegment(program: Command): void {
     .option('--geojson <file>', 'write QuPath GeoJSON (one feature per region, level-0 pixel coordinates)')
     .option('--mpp <um>', 'level-0 microns per pixel (default: from the file; 0 = already at the model scale)', parseNumber(0, false))
     .option('--tile <px>', `tile side in pixels at the model's scale (${MIN_TILE}..${MAX_TILE})`, parseNumber(MIN_TILE, true), DEFAULT_TILE)
-    .option('--out <png>', 'write the label mask (8-bit, pixel = class index, the image size)')
+    .option('--out <png|tif>', 'write the label map (8-bit, pixel = class index, the image size): PNG, or a tiled TIFF for a slide of any size (.tif)')
     .option('--overlay <png>', 'write the image with classes painted in the model colours')
     .option('--ca <file>', 'PEM CA of a TLS server (default: plaintext)')
     .option('--token-file <file>', 'file with the bearer token')
