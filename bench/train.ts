@@ -33,9 +33,11 @@ const NUM_CLASSES = 4;
 
 /** How each engine is set up; the native-binding packages are optional and usually absent here. */
 const ENGINES = {
-  wasm: 'TF.js wasm, 1 thread, with the replacement gradient kernels (what the trainer uses)',
+  wasm: 'TF.js wasm, 1 thread, with the replacement gradient kernels and every conv (forward, both gradients) on onnxruntime\'s native CPU kernels, 1 thread (tf/ortConv)',
+  'wasm-xnnpack': 'TF.js wasm, 1 thread, with the replacement gradient kernels, convs on TF.js wasm (XNNPACK): the trainer before tf/ortConv',
   'wasm-native': 'TF.js wasm, 1 thread, only the missing Conv2DBackpropFilter added (native MaxPoolGrad, Conv2DBackpropInput, Tile, Sum, Mean)',
-  'wasm-workers': 'TF.js wasm, data parallel: one worker thread per core, the batch cut into one shard per worker (training/fit/dataParallel.ts; what `histoseg train` uses by default)',
+  'wasm-workers': 'TF.js wasm, data parallel: one worker thread per core, the batch cut into one shard per worker (training/fit/dataParallel.ts), convs on onnxruntime, 1 thread per worker: what `histoseg train` uses by default',
+  'wasm-workers-xnnpack': 'as wasm-workers, convs on TF.js wasm (XNNPACK): what `histoseg train` used before tf/ortConv',
   webgpu: 'TF.js WebGPU (Dawn for Node over Vulkan); here Mesa lavapipe, a software rasteriser on the CPU, so slow: a check that it runs, not a GPU figure',
   torch: 'PyTorch reference (../shared/tools/torch-reference/train_torch.py, 2 threads, its own loss: plain cross-entropies)',
   'tfjs-node': '@tensorflow/tfjs-node (libtensorflow, CPU)',
@@ -44,16 +46,17 @@ const ENGINES = {
 type EngineName = keyof typeof ENGINES;
 
 const opts = new Command()
-  .option('--engines <list>', 'engines to measure', Object.keys(ENGINES).join(','))
+  .option('--engines <list>', 'engines to measure', Object.keys(ENGINES).filter((e) => e !== 'wasm-native').join(','))
   .option('--engine <name>', 'measure this engine in this process and print its JSON (used by the parent)')
   .option('--batch <n>', 'batch size', String(BATCH_SIZE))
-  .option('--steps <n>', 'timed steps after one warm-up step', '3')
+  .option('--steps <n>', 'timed steps after the warm-up steps', '4')
+  .option('--warmup <n>', 'untimed steps first (session and operator creation, Adam slots, JIT)', '2')
   .option('--native-steps <n>', 'timed steps for wasm-native (about 4x slower per step)', '1')
   .option('--webgpu-batch <n>', 'batch size for webgpu (lavapipe is slow)', '4')
   .option('--rounds <n>', 'rounds of all engines, alternated', '2')
   .option('--profile', 'print the kernels that took the most time in one step (with --engine)')
   .parse()
-  .opts<{ engines: string; engine?: string; batch: string; steps: string; nativeSteps: string; webgpuBatch: string; rounds: string; profile?: boolean }>();
+  .opts<{ engines: string; engine?: string; batch: string; steps: string; nativeSteps: string; webgpuBatch: string; rounds: string; warmup: string; profile?: boolean }>();
 
 interface EngineResult {
   engine: EngineName;
@@ -132,7 +135,7 @@ async function setUp(engine: EngineName): Promise<{ backend: string } | { skippe
     return { backend: tf.getBackend() };
   }
   const backend = await initWasmBackend();
-  registerWasmTrainingKernels({ replaceNative: engine === 'wasm' });
+  registerWasmTrainingKernels({ replaceNative: engine !== 'wasm-native', convs: engine === 'wasm' || engine === 'wasm-workers' ? 'onnxruntime' : 'wasm' });
   return { backend };
 }
 
@@ -145,11 +148,12 @@ async function measure(engine: EngineName, batch: number, steps: number): Promis
   const vars = trainableVariables(model);
   const optimizer = tf.train.adam(ADAM_LEARNING_RATE, ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON);
   const arrays = randomBatch(batch);
-  const workers = engine === 'wasm-workers' ? availableParallelism() : 1;
-  const parallel = engine === 'wasm-workers' ? await DataParallel.start(workers, NUM_CLASSES) : undefined;
+  const dataParallel = engine === 'wasm-workers' || engine === 'wasm-workers-xnnpack';
+  const workers = dataParallel ? availableParallelism() : 1;
+  const parallel = dataParallel ? await DataParallel.start(workers, NUM_CLASSES, workers, engine === 'wasm-workers' ? 'onnxruntime' : 'wasm') : undefined;
   const step = async (): Promise<number> => (parallel ? await parallel.step(model, optimizer, vars, arrays) : await trainStep(model, optimizer, vars, arrays)).total;
   const t0 = performance.now();
-  await step(); // warm-up: kernel and XNNPACK operator creation, Adam slots
+  for (let i = 0; i < Number(opts.warmup); i++) await step(); // kernel, session and operator creation, Adam slots, JIT
   const warmup = (performance.now() - t0) / 1000;
   const own = [process.pid, process.ppid];
   const a = cpuSnap(own);
@@ -174,6 +178,7 @@ async function measure(engine: EngineName, batch: number, steps: number): Promis
       process.stderr.write(`${name.padEnd(28)} ${ms.toFixed(0).padStart(6)} ms\n`);
     }
   }
+  if (opts.profile) for (const [k, v] of [...(globalThis as any).T].sort((a: any, b: any) => b[1] - a[1])) process.stderr.write(`${k.padEnd(50)} ${(v / (times.length + 2)).toFixed(1)}\n`);
   optimizer.dispose();
   model.dispose();
   await parallel?.close();
@@ -238,14 +243,22 @@ if (opts.engine !== undefined) {
   }
   const perRound = (engine: EngineName, round: number) => rows.find((r) => r.engine === engine && r.round === round && !r.skipped)?.images_per_s;
   const ratios = Array.from({ length: rounds }, (_, i) => {
-    const [w, one, t] = [perRound('wasm-workers', i + 1), perRound('wasm', i + 1), perRound('torch', i + 1)];
-    return { round: i + 1, workers_over_wasm: w && one ? w / one : null, workers_over_torch: w && t ? w / t : null };
+    const at = (e: EngineName) => perRound(e, i + 1);
+    const ratio = (a: number | undefined, b: number | undefined) => (a && b ? a / b : null);
+    return {
+      round: i + 1,
+      workers_over_workers_xnnpack: ratio(at('wasm-workers'), at('wasm-workers-xnnpack')),
+      wasm_over_wasm_xnnpack: ratio(at('wasm'), at('wasm-xnnpack')),
+      workers_over_wasm: ratio(at('wasm-workers'), at('wasm')),
+      workers_over_torch: ratio(at('wasm-workers'), at('torch')),
+    };
   });
   const result = {
     date: started.toISOString(),
     machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version, loadavg_at_start: loadavg() },
     batch,
-    shared_machine: 'the machine was shared with other agents while this ran: absolute figures are noisy; compare the per-round ratios',
+    warmup_steps: Number(opts.warmup),
+    max_foreign_cores: Math.max(0, ...rows.map((r) => r.foreign_cores ?? 0)),
     engines: rows,
     ratios,
   };
@@ -255,11 +268,10 @@ if (opts.engine !== undefined) {
     '',
     `${result.date}, ${result.machine.cpus} x ${result.machine.model}, Node ${process.version}. \`npm run bench:train\`: one ` +
       `training step (forward, backward, Adam; the trainer's joint loss on half segmentation, half class patches) of the ` +
-      `paper's model at batch ${batch}, timed after one warm-up step, each engine in its own process. "Foreign" is the CPU ` +
-      `(in cores) other processes used during the timed steps.`,
+      `paper's model at batch ${batch}, timed after ${opts.warmup} warm-up steps, each engine in its own process. "Foreign" is ` +
+      `the CPU (in cores) other processes used during the timed steps: at most ${n(result.max_foreign_cores, 2)} in this run.`,
     '',
-    `The machine was shared with other agents while this ran, so absolute figures are noisy: engines run in ${rounds} ` +
-      'rounds, alternating order, and the ratios below compare engines within one round.',
+    `Engines run in ${rounds} rounds, alternating order, and the ratios below compare engines within one round.`,
     '',
     '| round | engine | batch | images/s | step median (s) | timed steps | warm-up (s) | peak RSS (MiB) | wasm heap (MiB) | foreign (cores) |',
     '|---|---|---|---|---|---|---|---|---|---|',
@@ -269,11 +281,13 @@ if (opts.engine !== undefined) {
         : `| ${r.round} | ${r.engine}${r.workers ? ` (${r.workers} workers)` : ''} | ${r.batch} | ${n(r.images_per_s, 2)} | ${n(r.step_median_s, 2)} | ${r.step_s!.length} | ${n(r.warmup_s)} | ${n(r.peak_rss_mib, 0)} | ${n(r.wasm_heap_mib, 0)} | ${n(r.foreign_cores, 2)} |`,
     ),
     '',
-    '| round | wasm-workers / wasm | wasm-workers / torch |',
-    '|---|---|---|',
-    ...ratios.map((q) => `| ${q.round} | ${n(q.workers_over_wasm, 2)} | ${n(q.workers_over_torch, 3)} |`),
+    '| round | wasm-workers / wasm-workers-xnnpack | wasm / wasm-xnnpack | wasm-workers / wasm | wasm-workers / torch |',
+    '|---|---|---|---|---|',
+    ...ratios.map(
+      (q) => `| ${q.round} | ${n(q.workers_over_workers_xnnpack, 2)} | ${n(q.wasm_over_wasm_xnnpack, 2)} | ${n(q.workers_over_wasm, 2)} | ${n(q.workers_over_torch, 3)} |`,
+    ),
     '',
-    ...rows.map((r) => `- ${r.engine}: ${r.description}.`),
+    ...engines.map((e) => `- ${e}: ${ENGINES[e]}.`),
     '',
   ].join('\n');
   mkdirSync(OUT_DIR, { recursive: true });

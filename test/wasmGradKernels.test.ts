@@ -8,11 +8,17 @@ import {
   conv2DBackpropInputConfig,
   maxPoolGradConfig,
   meanConfig,
+  ortConv2DBackpropFilterConfig,
+  ortConv2DBackpropInputConfig,
+  ortConv2DConfig,
+  ortFusedConv2DConfig,
   registerWasmTrainingKernels,
+  TRAINING_CONVS,
   sumConfig,
   tileConfig,
   unregisterWasmTrainingKernels,
 } from '../src/tf/gradKernels/index.js';
+import { ortConvSessions } from '../src/tf/ortConv/kernels.js';
 import { rng } from './support/random.js';
 
 type Pad = 'same' | 'valid' | number | tf.backend_util.ExplicitPadding;
@@ -88,6 +94,11 @@ for (const stride of [1, 2] as const) {
   CONV_CASES.push({ x: [2, 11, 8, 3], k: [7, 7], co: 4, stride, pad: 3 });
   CONV_CASES.push({ x: [2, 8, 7, 5], k: [3, 3], co: 3, stride, pad: [[0, 0], [0, 2], [1, 0], [0, 0]] });
   CONV_CASES.push({ x: [2, 10, 10, 6], k: [3, 3], co: 8, stride, pad: 'valid' }); // zeroPadding2d(1) + 'valid'
+  // 16+ input channels: onnxruntime's filter gradient as one GEMM over shifted slices (tf/ortConv/graphs.ts).
+  for (const pad of ['same', 'valid', 1, [[0, 0], [0, 2], [1, 0], [0, 0]]] as Pad[]) {
+    CONV_CASES.push({ x: [2, 9, 8, 17], k: [3, 3], co: 6, stride, pad });
+  }
+  CONV_CASES.push({ x: [2, 8, 8, 16], k: [1, 1], co: 12, stride, pad: 'valid' });
 }
 CONV_CASES.push({ x: [2, 7, 9, 3], k: [3, 3], co: 5, stride: [2, 1], pad: 'same' });
 CONV_CASES.push({ x: [1, 16, 16, 8], k: [1, 1], co: 16, stride: 2, pad: 'valid' }); // the downsample shortcut
@@ -110,11 +121,20 @@ before(async () => {
 });
 
 describe('wasm gradient kernels', () => {
-  it('registers idempotently and restores the native kernels', () => {
+  it('registers idempotently, switches conv modes and restores the native kernels', () => {
+    registerWasmTrainingKernels();
     registerWasmTrainingKernels();
     for (const config of [conv2DBackpropFilterConfig, maxPoolGradConfig, conv2DBackpropInputConfig, tileConfig, sumConfig, meanConfig]) {
-      assert.equal(tf.getKernel(config.kernelName, 'wasm')?.kernelFunc, config.kernelFunc, config.kernelName);
+      const expected = config === conv2DBackpropFilterConfig ? ortConv2DBackpropFilterConfig : config === conv2DBackpropInputConfig ? ortConv2DBackpropInputConfig : config;
+      assert.equal(tf.getKernel(config.kernelName, 'wasm')?.kernelFunc, expected.kernelFunc, config.kernelName);
     }
+    assert.equal(tf.getKernel(tf.Conv2D, 'wasm')?.kernelFunc, ortConv2DConfig.kernelFunc);
+    assert.equal(tf.getKernel(tf.FusedConv2D, 'wasm')?.kernelFunc, ortFusedConv2DConfig.kernelFunc);
+    registerWasmTrainingKernels({ convs: 'wasm' });
+    assert.equal(tf.getKernel(tf.Conv2DBackpropFilter, 'wasm')?.kernelFunc, conv2DBackpropFilterConfig.kernelFunc);
+    assert.equal(tf.getKernel(tf.Conv2DBackpropInput, 'wasm')?.kernelFunc, conv2DBackpropInputConfig.kernelFunc);
+    assert.notEqual(tf.getKernel(tf.Conv2D, 'wasm')?.kernelFunc, ortConv2DConfig.kernelFunc, 'wasm Conv2D restored');
+    assert.notEqual(tf.getKernel(tf.FusedConv2D, 'wasm')?.kernelFunc, ortFusedConv2DConfig.kernelFunc, 'wasm FusedConv2D restored');
     unregisterWasmTrainingKernels();
     assert.equal(tf.getKernel(tf.Conv2DBackpropFilter, 'wasm'), undefined, 'wasm has no native Conv2DBackpropFilter');
     assert.notEqual(tf.getKernel(tf.MaxPoolGrad, 'wasm')?.kernelFunc, maxPoolGradConfig.kernelFunc);
@@ -122,77 +142,124 @@ describe('wasm gradient kernels', () => {
     registerWasmTrainingKernels({ replaceNative: false });
     assert.equal(tf.getKernel(tf.Conv2DBackpropFilter, 'wasm')?.kernelFunc, conv2DBackpropFilterConfig.kernelFunc);
     assert.notEqual(tf.getKernel(tf.Conv2DBackpropInput, 'wasm')?.kernelFunc, conv2DBackpropInputConfig.kernelFunc);
+    assert.notEqual(tf.getKernel(tf.Conv2D, 'wasm')?.kernelFunc, ortConv2DConfig.kernelFunc);
     registerWasmTrainingKernels();
-    assert.equal(tf.getKernel(tf.Conv2DBackpropInput, 'wasm')?.kernelFunc, conv2DBackpropInputConfig.kernelFunc);
+    assert.equal(tf.getKernel(tf.Conv2DBackpropInput, 'wasm')?.kernelFunc, ortConv2DBackpropInputConfig.kernelFunc);
   });
+});
 
-  it('brute-force conv reference matches wasm Conv2D (pins the padding convention)', () => {
-    const rand = rng(1);
-    for (const c of CONV_CASES) {
-      const x = randomArray(tf.util.sizeFromShape(c.x), rand);
-      const w = randomArray(c.k[0] * c.k[1] * c.x[3] * c.co, rand);
-      const y = tf.tidy(() => tf.conv2d(tf.tensor4d(x, c.x), tf.tensor4d(w, [c.k[0], c.k[1], c.x[3], c.co]), c.stride, c.pad).dataSync());
-      assert.ok(relativeL2(y, refConv(c, x, w)) < MAX_REL_L2, label(c));
-    }
-  });
+for (const convs of TRAINING_CONVS) {
+  describe(`conv kernels, convs on ${convs}`, () => {
+    before(() => registerWasmTrainingKernels({ convs }));
 
-  it('Conv2DBackpropFilter matches brute force', () => {
-    const rand = rng(2);
-    for (const c of CONV_CASES) {
+    it('brute-force conv reference matches wasm Conv2D (pins the padding convention)', () => {
+      const rand = rng(1);
+      for (const c of CONV_CASES) {
+        const x = randomArray(tf.util.sizeFromShape(c.x), rand);
+        const w = randomArray(c.k[0] * c.k[1] * c.x[3] * c.co, rand);
+        const y = tf.tidy(() => tf.conv2d(tf.tensor4d(x, c.x), tf.tensor4d(w, [c.k[0], c.k[1], c.x[3], c.co]), c.stride, c.pad).dataSync());
+        assert.ok(relativeL2(y, refConv(c, x, w)) < MAX_REL_L2, label(c));
+      }
+      });
+
+      it('Conv2DBackpropFilter matches brute force', () => {
+      const rand = rng(2);
+      for (const c of CONV_CASES) {
+        const info = convInfo(c);
+        const x = randomArray(tf.util.sizeFromShape(c.x), rand);
+        const dy = randomArray(tf.util.sizeFromShape(info.outShape), rand);
+        const [xt, dyt] = [tf.tensor4d(x, c.x), tf.tensor(dy, info.outShape)];
+        const live = liveDataIds();
+        const dw = runKernel(tf.Conv2DBackpropFilter, { x: xt, dy: dyt }, {
+          strides: c.stride,
+          pad: c.pad,
+          dataFormat: 'NHWC',
+          filterShape: [c.k[0], c.k[1], c.x[3], c.co],
+        });
+        assert.equal(liveDataIds(), live + 1, `leaked buffers: ${label(c)}`);
+        assert.deepEqual(dw.shape, [c.k[0], c.k[1], c.x[3], c.co]);
+        const err = relativeL2(dw.dataSync(), refFilterGrad(c, x, dy));
+        assert.ok(err < MAX_REL_L2, `${label(c)}: rel L2 ${err}`);
+        tf.dispose([xt, dyt, dw]);
+      }
+      });
+
+      it('Conv2DBackpropInput matches brute force', () => {
+      const rand = rng(3);
+      for (const c of CONV_CASES) {
+        const info = convInfo(c);
+        const w = randomArray(c.k[0] * c.k[1] * c.x[3] * c.co, rand);
+        const dy = randomArray(tf.util.sizeFromShape(info.outShape), rand);
+        const [wt, dyt] = [tf.tensor4d(w, [c.k[0], c.k[1], c.x[3], c.co]), tf.tensor(dy, info.outShape)];
+        const live = liveDataIds();
+        const dx = runKernel(tf.Conv2DBackpropInput, { dy: dyt, filter: wt }, {
+          strides: c.stride,
+          pad: c.pad,
+          dataFormat: 'NHWC',
+          inputShape: c.x,
+        });
+        assert.equal(liveDataIds(), live + 1, `leaked buffers: ${label(c)}`);
+        assert.deepEqual(dx.shape, c.x);
+        const err = relativeL2(dx.dataSync(), refInputGrad(c, w, dy));
+        assert.ok(err < MAX_REL_L2, `${label(c)}: rel L2 ${err}`);
+        tf.dispose([wt, dyt, dx]);
+      }
+      });
+
+      it('conv gradients through tf.grad match brute force (batch > 1)', () => {
+      const rand = rng(4);
+      const c: ConvCase = { x: [3, 9, 7, 4], k: [3, 3], co: 5, stride: 2, pad: 'valid' };
       const info = convInfo(c);
       const x = randomArray(tf.util.sizeFromShape(c.x), rand);
-      const dy = randomArray(tf.util.sizeFromShape(info.outShape), rand);
-      const [xt, dyt] = [tf.tensor4d(x, c.x), tf.tensor(dy, info.outShape)];
-      const live = liveDataIds();
-      const dw = runKernel(tf.Conv2DBackpropFilter, { x: xt, dy: dyt }, {
-        strides: c.stride,
-        pad: c.pad,
-        dataFormat: 'NHWC',
-        filterShape: [c.k[0], c.k[1], c.x[3], c.co],
-      });
-      assert.equal(liveDataIds(), live + 1, `leaked buffers: ${label(c)}`);
-      assert.deepEqual(dw.shape, [c.k[0], c.k[1], c.x[3], c.co]);
-      const err = relativeL2(dw.dataSync(), refFilterGrad(c, x, dy));
-      assert.ok(err < MAX_REL_L2, `${label(c)}: rel L2 ${err}`);
-      tf.dispose([xt, dyt, dw]);
-    }
-  });
-
-  it('Conv2DBackpropInput matches brute force', () => {
-    const rand = rng(3);
-    for (const c of CONV_CASES) {
-      const info = convInfo(c);
       const w = randomArray(c.k[0] * c.k[1] * c.x[3] * c.co, rand);
       const dy = randomArray(tf.util.sizeFromShape(info.outShape), rand);
-      const [wt, dyt] = [tf.tensor4d(w, [c.k[0], c.k[1], c.x[3], c.co]), tf.tensor(dy, info.outShape)];
-      const live = liveDataIds();
-      const dx = runKernel(tf.Conv2DBackpropInput, { dy: dyt, filter: wt }, {
-        strides: c.stride,
-        pad: c.pad,
-        dataFormat: 'NHWC',
-        inputShape: c.x,
+      const [gx, gw] = tf.tidy(() => {
+        const f = (a: tf.Tensor, b: tf.Tensor) => tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.stride, c.pad);
+        return tf.grads(f)([tf.tensor4d(x, c.x), tf.tensor4d(w, [3, 3, 4, 5])], tf.tensor(dy, info.outShape)).map((g) => g.dataSync());
       });
-      assert.equal(liveDataIds(), live + 1, `leaked buffers: ${label(c)}`);
-      assert.deepEqual(dx.shape, c.x);
-      const err = relativeL2(dx.dataSync(), refInputGrad(c, w, dy));
-      assert.ok(err < MAX_REL_L2, `${label(c)}: rel L2 ${err}`);
-      tf.dispose([wt, dyt, dx]);
-    }
+      assert.ok(relativeL2(gx, refInputGrad(c, w, dy)) < MAX_REL_L2);
+      assert.ok(relativeL2(gw, refFilterGrad(c, x, dy)) < MAX_REL_L2);
+      });
+
+      it('Conv2D and FusedConv2D (bias, relu) match brute force', () => {
+        const rand = rng(6);
+        for (const c of CONV_CASES) {
+          const x = randomArray(tf.util.sizeFromShape(c.x), rand);
+          const w = randomArray(c.k[0] * c.k[1] * c.x[3] * c.co, rand);
+          const bias = randomArray(c.co, rand);
+          const ref = refConv(c, x, w);
+          const [xt, wt, bt] = [tf.tensor4d(x, c.x), tf.tensor4d(w, [c.k[0], c.k[1], c.x[3], c.co]), tf.tensor1d(bias)];
+          const live = liveDataIds();
+          const y = tf.conv2d(xt, wt, c.stride, c.pad);
+          assert.equal(liveDataIds(), live + 1, `leaked buffers: ${label(c)}`);
+          assert.ok(relativeL2(y.dataSync(), ref) < MAX_REL_L2, label(c));
+          const fused = tf.fused.conv2d({ x: xt, filter: wt, strides: c.stride, pad: c.pad, bias: bt, activation: 'relu' });
+          const expected = ref.map((v, i) => Math.max(0, v + bias[i % c.co]!));
+          assert.ok(relativeL2(fused.dataSync(), expected) < MAX_REL_L2, `fused ${label(c)}`);
+          tf.dispose([xt, wt, bt, y, fused]);
+        }
+      });
+  });
+}
+
+describe('onnxruntime convs', () => {
+  before(() => registerWasmTrainingKernels());
+
+  it('build one session per conv geometry, whatever the batch size', () => {
+    const w = tf.randomNormal([3, 3, 4, 6]) as tf.Tensor4D;
+    tf.tidy(() => tf.conv2d(tf.randomNormal([1, 9, 9, 4]) as tf.Tensor4D, w, 2, 'same').dataSync());
+    const sessions = ortConvSessions();
+    for (const n of [2, 5, 20]) tf.tidy(() => tf.conv2d(tf.randomNormal([n, 9, 9, 4]) as tf.Tensor4D, w, 2, 'same').dataSync());
+    assert.equal(ortConvSessions(), sessions);
+    w.dispose();
   });
 
-  it('conv gradients through tf.grad match brute force (batch > 1)', () => {
-    const rand = rng(4);
-    const c: ConvCase = { x: [3, 9, 7, 4], k: [3, 3], co: 5, stride: 2, pad: 'valid' };
-    const info = convInfo(c);
-    const x = randomArray(tf.util.sizeFromShape(c.x), rand);
-    const w = randomArray(c.k[0] * c.k[1] * c.x[3] * c.co, rand);
-    const dy = randomArray(tf.util.sizeFromShape(info.outShape), rand);
-    const [gx, gw] = tf.tidy(() => {
-      const f = (a: tf.Tensor, b: tf.Tensor) => tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.stride, c.pad);
-      return tf.grads(f)([tf.tensor4d(x, c.x), tf.tensor4d(w, [3, 3, 4, 5])], tf.tensor(dy, info.outShape)).map((g) => g.dataSync());
-    });
-    assert.ok(relativeL2(gx, refInputGrad(c, w, dy)) < MAX_REL_L2);
-    assert.ok(relativeL2(gw, refFilterGrad(c, x, dy)) < MAX_REL_L2);
+  it('delegates what its graphs do not cover (an elu activation) to the wasm kernel', () => {
+    const [x, w] = [tf.randomNormal([2, 6, 6, 3]) as tf.Tensor4D, tf.randomNormal([3, 3, 3, 4]) as tf.Tensor4D];
+    const y = tf.fused.conv2d({ x, filter: w, strides: 1, pad: 'same', activation: 'elu' });
+    const expected = tf.elu(tf.conv2d(x, w, 1, 'same'));
+    assert.ok(relativeL2(y.dataSync(), expected.dataSync()) < MAX_REL_L2);
+    tf.dispose([x, w, y, expected]);
   });
 });
 

@@ -60,7 +60,10 @@ after(() => releaseTfBackend());
 
 test('one training step on WebGPU matches wasm: gradients and updated weights within 1e-4', { skip: vulkanSkip() }, async () => {
   assert.equal(await initWasmBackend(), 'wasm');
-  registerWasmTrainingKernels();
+  // The reference keeps its convs in TF.js wasm: on this batch a 1e-6 relative change of the conv outputs flips one
+  // max-pool/ReLU decision and moves the stem's gradients by ~1e-2 (measured by perturbing XNNPACK's own outputs), so
+  // onnxruntime's convs (tf/ortConv, within 1e-5 of XNNPACK per kernel) are checked apart, in trainingConvs.test.ts.
+  registerWasmTrainingKernels({ convs: 'wasm' });
   const { result: wasm, initial } = await step(undefined);
 
   assert.equal(await selectTfBackend({ device: 'webgpu', allowSoftwareGpu: true }), 'webgpu');

@@ -4,8 +4,16 @@ import { maxPoolGradConfig } from './pool.js';
 import { meanConfig, sumConfig } from './reduce.js';
 import { nativeKernels, WASM } from './shared.js';
 import { tileConfig } from './tile.js';
+import {
+  configureOrtConv,
+  ortConv2DBackpropFilterConfig,
+  ortConv2DBackpropInputConfig,
+  ortConv2DConfig,
+  ortFusedConv2DConfig,
+} from '../ortConv/kernels.js';
 
 export { conv2DBackpropFilterConfig, conv2DBackpropInputConfig, maxPoolGradConfig, meanConfig, sumConfig, tileConfig };
+export { ortConv2DBackpropFilterConfig, ortConv2DBackpropInputConfig, ortConv2DConfig, ortFusedConv2DConfig };
 
 /**
  * Gradient kernels that training needs on the TF.js wasm backend (engine-notes.md, "Training on TF.js"):
@@ -14,10 +22,20 @@ export { conv2DBackpropFilterConfig, conv2DBackpropInputConfig, maxPoolGradConfi
  */
 const MISSING: readonly tf.KernelConfig[] = [conv2DBackpropFilterConfig];
 const REPLACEMENTS: readonly tf.KernelConfig[] = [maxPoolGradConfig, conv2DBackpropInputConfig, tileConfig, sumConfig, meanConfig];
+/** The convs and their gradients on onnxruntime's native CPU kernels (tf/ortConv), over the ones above. */
+const ORT_CONVS: readonly tf.KernelConfig[] = [ortConv2DConfig, ortFusedConv2DConfig, ortConv2DBackpropInputConfig, ortConv2DBackpropFilterConfig];
+
+/** Where training's convs run: onnxruntime's native CPU kernels (the default), or TF.js wasm (XNNPACK) alone. */
+export const TRAINING_CONVS = ['onnxruntime', 'wasm'] as const;
+export type TrainingConvs = (typeof TRAINING_CONVS)[number];
 
 export interface WasmTrainingKernelOptions {
   /** Also replace the buggy or slow native kernels (default true); false only adds the missing kernel. */
   readonly replaceNative?: boolean;
+  /** Default 'onnxruntime' (with replaceNative); 'wasm' keeps every conv in TF.js wasm. */
+  readonly convs?: TrainingConvs;
+  /** Threads of each onnxruntime conv (default 1: data-parallel workers run one per core). */
+  readonly convThreads?: number;
 }
 
 /**
@@ -28,7 +46,17 @@ export function registerWasmTrainingKernels(options: WasmTrainingKernelOptions =
   if (!(WASM in tf.engine().registry)) {
     throw new Error('registerWasmTrainingKernels: the TF.js wasm backend is not initialised (call selectTfBackend first)');
   }
-  const wanted = options.replaceNative === false ? MISSING : [...MISSING, ...REPLACEMENTS];
+  const ort = options.replaceNative !== false && (options.convs ?? 'onnxruntime') === 'onnxruntime';
+  const wanted = options.replaceNative === false ? MISSING : ort ? [...MISSING, ...REPLACEMENTS, ...ORT_CONVS] : [...MISSING, ...REPLACEMENTS];
+  if (ort) configureOrtConv(options.convThreads ?? 1);
+  // Kernels replaced before but not wanted now get their native versions back.
+  const names = new Set(wanted.map((c) => c.kernelName));
+  for (const [name, native] of [...nativeKernels]) {
+    if (names.has(name)) continue;
+    if (tf.getKernel(name, WASM) !== undefined) tf.unregisterKernel(name, WASM);
+    if (native !== undefined) tf.registerKernel(native);
+    nativeKernels.delete(name);
+  }
   for (const config of wanted) {
     const current = tf.getKernel(config.kernelName, WASM);
     if (current?.kernelFunc === config.kernelFunc) continue;

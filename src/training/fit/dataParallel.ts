@@ -6,6 +6,7 @@
 import { once } from 'node:events';
 import type { Worker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs';
+import type { TrainingConvs } from '../../tf/gradKernels/index.js';
 import { startModuleWorker } from '../../util/moduleWorker.js';
 import type { ParallelReply, ParallelRequest, ParallelWorkerInit, ShardRequest } from './dataParallelProtocol.js';
 import { applyGradients, type StepLosses } from './step.js';
@@ -43,14 +44,17 @@ export class DataParallel {
     return this.workers.length;
   }
 
-  /** Starts `workers` replicas; `shards` (default: one per worker) is how many parts each batch is cut into. */
-  static async start(workers: number, numClasses: number, shards = workers): Promise<DataParallel> {
+  /**
+   * Starts `workers` replicas; `shards` (default: one per worker) is how many parts each batch is cut into; `convs`
+   * where the workers' convs run (default onnxruntime's native kernels, one thread each).
+   */
+  static async start(workers: number, numClasses: number, shards = workers, convs: TrainingConvs = 'onnxruntime'): Promise<DataParallel> {
     if (!Number.isInteger(workers) || workers < 1) throw new Error(`training workers must be a positive integer, got ${workers}`);
     if (!Number.isInteger(shards) || shards < 1) throw new Error(`shards must be a positive integer, got ${shards}`);
     const started: Worker[] = [];
     try {
       for (let i = 0; i < workers; i++) {
-        const w = startModuleWorker(import.meta.url, 'dataParallelWorker', { numClasses } satisfies ParallelWorkerInit);
+        const w = startModuleWorker(import.meta.url, 'dataParallelWorker', { numClasses, convs } satisfies ParallelWorkerInit);
         started.push(w);
         const [msg] = (await Promise.race([once(w, 'message'), once(w, 'error').then(([e]) => [{ type: 'failed', message: (e as Error).message }])])) as [ParallelReply];
         if (msg.type !== 'ready') throw new Error(`training worker failed to start: ${msg.type === 'failed' ? msg.message : msg.type}`);

@@ -3,6 +3,8 @@ import type { StepLosses } from './step.js';
 /** Messages between the data-parallel coordinator (dataParallel.ts) and its workers (dataParallelWorker.ts). */
 export interface ParallelWorkerInit {
   numClasses: number;
+  /** Where the worker's convs run (tf/gradKernels TRAINING_CONVS). */
+  convs: 'onnxruntime' | 'wasm';
 }
 
 export interface ShardRequest {

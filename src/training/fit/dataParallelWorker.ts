@@ -15,7 +15,7 @@ const init = workerData as ParallelWorkerInit;
 let model: tf.LayersModel;
 try {
   const backend = await initWasmBackend();
-  registerWasmTrainingKernels();
+  registerWasmTrainingKernels({ convs: init.convs, convThreads: 1 }); // one worker per core
   model = buildSegClsModel({ numClasses: init.numClasses, seed: 0 }); // weights come from the coordinator
   port.postMessage({ type: 'ready', backend, sizes: model.weights.map((w) => w.shape.reduce((a, b) => a! * b!, 1)!) } satisfies ParallelReply);
 } catch (err) {

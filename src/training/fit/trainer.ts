@@ -123,7 +123,8 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
   const shards = o.shards ?? workers;
   if (device !== 'cpu' && (workers > 1 || shards > 1)) throw new Error(`data-parallel workers are for the cpu device; ${device} trains on one thread`);
   const backend = await selectTfBackend({ device, allowSoftwareGpu: o.allowSoftwareGpu });
-  if (backend === 'wasm') registerWasmTrainingKernels();
+  // This thread's convs (training on one worker, or validation while the workers wait) may use the cores the workers would.
+  if (backend === 'wasm') registerWasmTrainingKernels({ convThreads: workers });
   const numClasses = o.numClasses;
   await mkdir(o.workDir, { recursive: true });
   const selection = selectPatches(o.setting, items.seg.length, items.cls.length, o.segPercent, o.seed);

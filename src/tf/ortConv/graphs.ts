@@ -1,0 +1,206 @@
+import onnxProto from 'onnx-proto';
+import type { Graph } from './syncSession.js';
+
+/**
+ * ONNX graphs of one conv each, in TF.js's layouts (activations NHWC, filters [kh, kw, Cin, Cout]), with the batch
+ * dimension symbolic so that one session serves every batch size. onnxruntime's CPU convs are NCHW, so the graphs
+ * transpose around them; the filter gradient needs no transpose when it is written as one GEMM over shifted slices.
+ */
+
+const { onnx } = onnxProto;
+type Node = onnxProto.onnx.INodeProto;
+type Attr = onnxProto.onnx.IAttributeProto;
+type Tensor = onnxProto.onnx.ITensorProto;
+
+const ints = (name: string, values: readonly number[]): Attr => ({ name, type: onnx.AttributeProto.AttributeType.INTS, ints: [...values] });
+const int = (name: string, i: number): Attr => ({ name, type: onnx.AttributeProto.AttributeType.INT, i });
+
+const BATCH = 'N';
+
+function value(name: string, dims: readonly (number | string)[]): onnxProto.onnx.IValueInfoProto {
+  return {
+    name,
+    type: {
+      tensorType: {
+        elemType: onnx.TensorProto.DataType.FLOAT,
+        shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) },
+      },
+    },
+  };
+}
+
+class Builder {
+  readonly nodes: Node[] = [];
+  readonly constants: Tensor[] = [];
+  private count = 0;
+
+  node(opType: string, input: string[], attribute: Attr[] = [], output = `t${this.count++}`): string {
+    this.nodes.push({ opType, input, output: [output], attribute });
+    return output;
+  }
+
+  int64(values: readonly number[]): string {
+    const name = `c${this.count++}`;
+    this.constants.push({ name, dims: [values.length], dataType: onnx.TensorProto.DataType.INT64, int64Data: [...values] });
+    return name;
+  }
+
+  graph(inputs: onnxProto.onnx.IValueInfoProto[], outputs: onnxProto.onnx.IValueInfoProto[]): Graph {
+    return { name: 'conv', node: this.nodes, initializer: this.constants, input: inputs, output: outputs };
+  }
+}
+
+const NHWC_TO_NCHW = [0, 3, 1, 2];
+const NCHW_TO_NHWC = [0, 2, 3, 1];
+/** [kh, kw, Cin, Cout] to ONNX's [Cout, Cin, kh, kw]. */
+const HWIO_TO_OIHW = [3, 2, 0, 1];
+
+/** Explicit padding of a conv, as TF.js's computeConv2DInfo resolves it. */
+export interface Padding {
+  readonly top: number;
+  readonly bottom: number;
+  readonly left: number;
+  readonly right: number;
+}
+
+export interface ConvGeometry {
+  /** Input [H, W, Cin] (the batch is symbolic). */
+  readonly inHeight: number;
+  readonly inWidth: number;
+  readonly inChannels: number;
+  readonly outHeight: number;
+  readonly outWidth: number;
+  readonly outChannels: number;
+  readonly filterHeight: number;
+  readonly filterWidth: number;
+  readonly strideHeight: number;
+  readonly strideWidth: number;
+  readonly dilationHeight: number;
+  readonly dilationWidth: number;
+  readonly pad: Padding;
+}
+
+export function geometryKey(g: ConvGeometry): string {
+  const p = g.pad;
+  return [g.inHeight, g.inWidth, g.inChannels, g.outHeight, g.outWidth, g.outChannels, g.filterHeight, g.filterWidth,
+    g.strideHeight, g.strideWidth, g.dilationHeight, g.dilationWidth, p.top, p.bottom, p.left, p.right].join(',');
+}
+
+const inShape = (g: ConvGeometry) => [BATCH, g.inHeight, g.inWidth, g.inChannels];
+const outShape = (g: ConvGeometry) => [BATCH, g.outHeight, g.outWidth, g.outChannels];
+const filterShape = (g: ConvGeometry) => [g.filterHeight, g.filterWidth, g.inChannels, g.outChannels];
+const onnxPads = (p: Padding) => [p.top, p.left, p.bottom, p.right];
+
+/** y = act(conv(x, filter) + bias): inputs x, filter[, bias]; output y. */
+export function forwardGraph(g: ConvGeometry, bias: boolean, relu: boolean): Graph {
+  const b = new Builder();
+  const x = b.node('Transpose', ['x'], [ints('perm', NHWC_TO_NCHW)]);
+  const w = b.node('Transpose', ['filter'], [ints('perm', HWIO_TO_OIHW)]);
+  let y = b.node('Conv', bias ? [x, w, 'bias'] : [x, w], [
+    ints('pads', onnxPads(g.pad)),
+    ints('strides', [g.strideHeight, g.strideWidth]),
+    ints('dilations', [g.dilationHeight, g.dilationWidth]),
+  ]);
+  if (relu) y = b.node('Relu', [y]);
+  b.node('Transpose', [y], [ints('perm', NCHW_TO_NHWC)], 'y');
+  const inputs = [value('x', inShape(g)), value('filter', filterShape(g))];
+  if (bias) inputs.push(value('bias', [g.outChannels]));
+  return b.graph(inputs, [value('y', outShape(g))]);
+}
+
+/**
+ * The rows (or columns) of the input that a strided conv never reads, past its last window: ConvTranspose's
+ * output_padding, so that dx has the input's size. In [0, stride) for any padding computeConv2DInfo resolves.
+ */
+export function unreadTail(inSize: number, outSize: number, kernel: number, stride: number, dilation: number, before: number, after: number): number {
+  return inSize - (stride * (outSize - 1) + (kernel - 1) * dilation + 1 - before - after);
+}
+
+/** dx = ConvTranspose(dy, filter): inputs dy, filter; output dx. */
+export function inputGradientGraph(g: ConvGeometry): Graph {
+  const tailH = unreadTail(g.inHeight, g.outHeight, g.filterHeight, g.strideHeight, g.dilationHeight, g.pad.top, g.pad.bottom);
+  const tailW = unreadTail(g.inWidth, g.outWidth, g.filterWidth, g.strideWidth, g.dilationWidth, g.pad.left, g.pad.right);
+  const b = new Builder();
+  const dy = b.node('Transpose', ['dy'], [ints('perm', NHWC_TO_NCHW)]);
+  // ConvTranspose's weight is [C of its input = forward Cout, C of its output = forward Cin, kh, kw]: the forward's.
+  const w = b.node('Transpose', ['filter'], [ints('perm', HWIO_TO_OIHW)]);
+  const dx = b.node('ConvTranspose', [dy, w], [
+    ints('pads', onnxPads(g.pad)),
+    ints('strides', [g.strideHeight, g.strideWidth]),
+    ints('dilations', [g.dilationHeight, g.dilationWidth]),
+    ints('output_padding', [tailH, tailW]),
+  ]);
+  b.node('Transpose', [dx], [ints('perm', NCHW_TO_NHWC)], 'dx');
+  return b.graph([value('dy', outShape(g)), value('filter', filterShape(g))], [value('dx', inShape(g))]);
+}
+
+/**
+ * Below this many input channels the filter gradient is a conv over the batch (each slice of the GEMM form would
+ * be a few channels wide: the stem's 3).
+ */
+export const SLICE_GEMM_MIN_CHANNELS = 16;
+
+/**
+ * dW = sum over n, oh, ow of x[n, oh*s + kh - top, ow*s + kw - left, ci] * dy[n, oh, ow, co]: inputs x, dy; output dw.
+ * Dilation 1 (TF.js's Conv2DBackpropFilter has none).
+ */
+export function filterGradientGraph(g: ConvGeometry): Graph {
+  if (g.dilationHeight !== 1 || g.dilationWidth !== 1) throw new Error('filterGradientGraph: dilation must be 1');
+  return g.inChannels >= SLICE_GEMM_MIN_CHANNELS ? filterGradientSlices(g) : filterGradientBatchConv(g);
+}
+
+/** The rows past the input that the last window reads (padding), or, negative, the input rows it never reads. */
+function reach(inSize: number, outSize: number, kernel: number, stride: number, before: number): number {
+  return kernel + stride * (outSize - 1) - before - inSize;
+}
+
+/**
+ * One GEMM: the kh*kw strided slices of the padded input, side by side along channels, are the im2col matrix
+ * [N*OH*OW, kh*kw*Cin] in exactly the filter's order, and dW = that matrix transposed times dy as [N*OH*OW, Cout].
+ */
+function filterGradientSlices(g: ConvGeometry): Graph {
+  const b = new Builder();
+  const bottom = Math.max(0, reach(g.inHeight, g.outHeight, g.filterHeight, g.strideHeight, g.pad.top));
+  const right = Math.max(0, reach(g.inWidth, g.outWidth, g.filterWidth, g.strideWidth, g.pad.left));
+  let x = 'x';
+  if (g.pad.top + g.pad.left + bottom + right > 0) x = b.node('Pad', [x, b.int64([0, g.pad.top, g.pad.left, 0, 0, bottom, right, 0])]);
+  const axes = b.int64([1, 2]);
+  const steps = b.int64([g.strideHeight, g.strideWidth]);
+  const slices: string[] = [];
+  for (let kh = 0; kh < g.filterHeight; kh++) {
+    for (let kw = 0; kw < g.filterWidth; kw++) {
+      const starts = b.int64([kh, kw]);
+      const ends = b.int64([kh + g.strideHeight * (g.outHeight - 1) + 1, kw + g.strideWidth * (g.outWidth - 1) + 1]);
+      slices.push(b.node('Slice', [x, starts, ends, axes, steps]));
+    }
+  }
+  const cols = slices.length === 1 ? slices[0]! : b.node('Concat', slices, [int('axis', 3)]);
+  const k = g.filterHeight * g.filterWidth * g.inChannels;
+  const a = b.node('Reshape', [cols, b.int64([-1, k])]);
+  const dy = b.node('Reshape', ['dy', b.int64([-1, g.outChannels])]);
+  const dw = b.node('Gemm', [a, dy], [int('transA', 1)]);
+  b.node('Reshape', [dw, b.int64(filterShape(g))], [], 'dw');
+  return b.graph([value('x', inShape(g)), value('dy', outShape(g))], [value('dw', filterShape(g))]);
+}
+
+/**
+ * A conv of x as [Cin, N, H, W] with dy as a filter [Cout, N, OH, OW], dilated by the forward stride: [Cin, Cout, kh, kw].
+ * Input rows the forward never read are cropped (ONNX pads cannot be negative).
+ */
+function filterGradientBatchConv(g: ConvGeometry): Graph {
+  const b = new Builder();
+  const bottom = reach(g.inHeight, g.outHeight, g.filterHeight, g.strideHeight, g.pad.top);
+  const right = reach(g.inWidth, g.outWidth, g.filterWidth, g.strideWidth, g.pad.left);
+  let x = 'x';
+  if (bottom < 0 || right < 0) {
+    x = b.node('Slice', [x, b.int64([0, 0]), b.int64([g.inHeight + Math.min(bottom, 0), g.inWidth + Math.min(right, 0)]), b.int64([1, 2])]);
+  }
+  const xt = b.node('Transpose', [x], [ints('perm', [3, 0, 1, 2])]);
+  const dyt = b.node('Transpose', ['dy'], [ints('perm', [3, 0, 1, 2])]);
+  const z = b.node('Conv', [xt, dyt], [
+    ints('pads', [g.pad.top, g.pad.left, Math.max(bottom, 0), Math.max(right, 0)]),
+    ints('dilations', [g.strideHeight, g.strideWidth]),
+  ]);
+  b.node('Transpose', [z], [ints('perm', [2, 3, 0, 1])], 'dw');
+  return b.graph([value('x', inShape(g)), value('dy', outShape(g))], [value('dw', filterShape(g))]);
+}
