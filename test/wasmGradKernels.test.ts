@@ -336,6 +336,58 @@ describe('wasm MaxPoolGrad', () => {
   }
 });
 
+describe('wasm Identity and Slice', () => {
+  it('Identity shares the buffer, and it lives until the last holder disposes it', () => {
+    registerWasmTrainingKernels();
+    const x = tf.tensor2d([1, 2, 3, 4, 5, 6], [2, 3]);
+    const live = liveDataIds();
+    const y = tf.engine().runKernel(tf.Identity, { x }) as tf.Tensor;
+    assert.equal(liveDataIds(), live, 'no new buffer');
+    x.dispose();
+    assert.deepEqual(Array.from(y.dataSync()), [1, 2, 3, 4, 5, 6]);
+    const z = y.add(1);
+    y.dispose();
+    assert.equal(liveDataIds(), live, 'the buffer is freed with its last holder (z took its own)');
+    z.dispose();
+  });
+
+  it('Slice matches brute force for every rank, whole and cut inner dims', () => {
+    const rand = rng(8);
+    const cases: { shape: number[]; begin: number[]; size: number[] }[] = [
+      { shape: [7], begin: [2], size: [4] },
+      { shape: [4, 5], begin: [1, 0], size: [2, 5] },
+      { shape: [4, 5], begin: [1, 2], size: [3, -1] },
+      { shape: [2, 6, 6, 3], begin: [0, 1, 1, 0], size: [2, 4, 4, 3] }, // zero padding's gradient
+      { shape: [2, 6, 6, 3], begin: [1, 0, 0, 0], size: [1, 6, 6, 3] },
+      { shape: [2, 6, 6, 3], begin: [0, 2, 0, 1], size: [2, 3, 6, 2] },
+      { shape: [3, 2, 4, 5, 2], begin: [1, 0, 1, 2, 0], size: [2, 2, 2, 3, 2] },
+    ];
+    for (const c of cases) {
+      for (const dtype of ['float32', 'int32'] as const) {
+        const values = Array.from({ length: tf.util.sizeFromShape(c.shape) }, () => Math.floor(rand() * 1000) - 500);
+        const x = tf.tensor(values, c.shape, dtype);
+        const got = tf.slice(x, c.begin, c.size);
+        const size = c.size.map((v, i) => (v === -1 ? c.shape[i]! - c.begin[i]! : v));
+        assert.deepEqual(got.shape, size);
+        assert.equal(got.dtype, dtype);
+        const strides = tf.util.computeStrides(c.shape);
+        const expected = Array.from({ length: tf.util.sizeFromShape(size) }, (_, o) => {
+          let rest = o;
+          let at = 0;
+          for (let d = size.length - 1; d >= 0; d--) {
+            const i = rest % size[d]!;
+            rest = Math.floor(rest / size[d]!);
+            at += (c.begin[d]! + i) * (d === c.shape.length - 1 ? 1 : strides[d]!);
+          }
+          return values[at];
+        });
+        assert.deepEqual(Array.from(got.dataSync()), expected, JSON.stringify(c));
+        tf.dispose([x, got]);
+      }
+    }
+  });
+});
+
 describe('wasm Tile, Sum and Mean', () => {
   it('Tile matches brute force for every dtype and rank', () => {
     const rand = rng(6);

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig } from './conv.js';
+import { identityConfig, sliceConfig } from './memory.js';
 import { maxPoolGradConfig } from './pool.js';
 import { meanConfig, sumConfig } from './reduce.js';
 import { nativeKernels, WASM } from './shared.js';
@@ -12,16 +13,17 @@ import {
   ortFusedConv2DConfig,
 } from '../ortConv/kernels.js';
 
-export { conv2DBackpropFilterConfig, conv2DBackpropInputConfig, maxPoolGradConfig, meanConfig, sumConfig, tileConfig };
+export { conv2DBackpropFilterConfig, conv2DBackpropInputConfig, identityConfig, maxPoolGradConfig, meanConfig, sliceConfig, sumConfig, tileConfig };
 export { ortConv2DBackpropFilterConfig, ortConv2DBackpropInputConfig, ortConv2DConfig, ortFusedConv2DConfig };
 
 /**
  * Gradient kernels that training needs on the TF.js wasm backend (engine-notes.md, "Training on TF.js"):
  * Conv2DBackpropFilter is missing; the native MaxPoolGrad is wrong for non-positive windows; the native
- * Conv2DBackpropInput, Tile (batch norm's gradient) and Sum/Mean over leading axes are slow.
+ * Conv2DBackpropInput, Tile (batch norm's gradient) and Sum/Mean over leading axes are slow; the native Identity
+ * (every tensor the tape saves) and Slice (padding's gradient) copy more than they need to.
  */
 const MISSING: readonly tf.KernelConfig[] = [conv2DBackpropFilterConfig];
-const REPLACEMENTS: readonly tf.KernelConfig[] = [maxPoolGradConfig, conv2DBackpropInputConfig, tileConfig, sumConfig, meanConfig];
+const REPLACEMENTS: readonly tf.KernelConfig[] = [maxPoolGradConfig, conv2DBackpropInputConfig, tileConfig, sumConfig, meanConfig, identityConfig, sliceConfig];
 /** The convs and their gradients on onnxruntime's native CPU kernels (tf/ortConv), over the ones above. */
 const ORT_CONVS: readonly tf.KernelConfig[] = [ortConv2DConfig, ortFusedConv2DConfig, ortConv2DBackpropInputConfig, ortConv2DBackpropFilterConfig];
 
