@@ -8,6 +8,7 @@ import {
   conv2DBackpropInputConfig,
   maxPoolGradConfig,
   meanConfig,
+  meanGradConfig,
   ortConv2DBackpropFilterConfig,
   ortConv2DBackpropInputConfig,
   ortConv2DConfig,
@@ -389,6 +390,23 @@ describe('wasm Identity and Slice', () => {
 });
 
 describe('wasm Tile, Sum and Mean', () => {
+  it("Mean's gradient (dy / n broadcast) equals TF.js's own, and unregistering puts TF.js's back", () => {
+    const rand = rng(9);
+    const x = tf.tensor4d(randomArray(2 * 5 * 4 * 3, rand), [2, 5, 4, 3]);
+    const cases: (number | number[] | undefined)[] = [[0, 1, 2], 1, [1, 3], undefined];
+    const grads = () =>
+      cases.map((axis) => tf.tidy(() => tf.grad((t: tf.Tensor) => tf.mul(tf.mean(t, axis), tf.range(1, 1 + tf.mean(t, axis).size).reshape(tf.mean(t, axis).shape)).sum())(x).dataSync()));
+    registerWasmTrainingKernels();
+    const ours = grads();
+    unregisterWasmTrainingKernels();
+    assert.notEqual(tf.getGradient(tf.Mean), meanGradConfig, "TF.js's gradient restored");
+    const theirs = grads();
+    registerWasmTrainingKernels();
+    assert.equal(tf.getGradient(tf.Mean), meanGradConfig);
+    ours.forEach((g, i) => assert.deepEqual(Array.from(g), Array.from(theirs[i]!), `axis ${JSON.stringify(cases[i])}`));
+    x.dispose();
+  });
+
   it('Tile matches brute force for every dtype and rank', () => {
     const rand = rng(6);
     const cases: { shape: number[]; reps: number[] }[] = [

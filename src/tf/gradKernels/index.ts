@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig } from './conv.js';
 import { identityConfig, sliceConfig } from './memory.js';
 import { maxPoolGradConfig } from './pool.js';
-import { meanConfig, sumConfig } from './reduce.js';
+import { meanConfig, meanGradConfig, sumConfig } from './reduce.js';
 import { nativeKernels, WASM } from './shared.js';
 import { tileConfig } from './tile.js';
 import {
@@ -13,7 +13,7 @@ import {
   ortFusedConv2DConfig,
 } from '../ortConv/kernels.js';
 
-export { conv2DBackpropFilterConfig, conv2DBackpropInputConfig, identityConfig, maxPoolGradConfig, meanConfig, sliceConfig, sumConfig, tileConfig };
+export { conv2DBackpropFilterConfig, conv2DBackpropInputConfig, identityConfig, maxPoolGradConfig, meanConfig, meanGradConfig, sliceConfig, sumConfig, tileConfig };
 export { ortConv2DBackpropFilterConfig, ortConv2DBackpropInputConfig, ortConv2DConfig, ortFusedConv2DConfig };
 
 /**
@@ -44,6 +44,9 @@ export interface WasmTrainingKernelOptions {
  * Registers the kernels on the wasm backend; idempotent. Call after the wasm backend is initialised
  * (selectTfBackend() returned 'wasm'): the replaced kernels' native versions stay callable for delegation.
  */
+/** TF.js's own gradient of Mean while meanGradConfig replaces it. */
+let nativeMeanGrad: tf.GradConfig | undefined;
+
 export function registerWasmTrainingKernels(options: WasmTrainingKernelOptions = {}): void {
   if (!(WASM in tf.engine().registry)) {
     throw new Error('registerWasmTrainingKernels: the TF.js wasm backend is not initialised (call selectTfBackend first)');
@@ -58,6 +61,13 @@ export function registerWasmTrainingKernels(options: WasmTrainingKernelOptions =
     if (tf.getKernel(name, WASM) !== undefined) tf.unregisterKernel(name, WASM);
     if (native !== undefined) tf.registerKernel(native);
     nativeKernels.delete(name);
+  }
+  if (options.replaceNative !== false) {
+    nativeMeanGrad ??= tf.getGradient(tf.Mean);
+    tf.registerGradient(meanGradConfig);
+  } else if (nativeMeanGrad !== undefined) {
+    tf.registerGradient(nativeMeanGrad);
+    nativeMeanGrad = undefined;
   }
   for (const config of wanted) {
     const current = tf.getKernel(config.kernelName, WASM);
@@ -75,4 +85,6 @@ export function unregisterWasmTrainingKernels(): void {
     if (native !== undefined) tf.registerKernel(native);
   }
   nativeKernels.clear();
+  if (nativeMeanGrad !== undefined) tf.registerGradient(nativeMeanGrad);
+  nativeMeanGrad = undefined;
 }

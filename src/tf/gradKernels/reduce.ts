@@ -64,3 +64,21 @@ const sum = (args: KernelArgs) => leadingReduce(tf.Sum, args);
 
 export const meanConfig: tf.KernelConfig = { kernelName: tf.Mean, backendName: WASM, kernelFunc: mean };
 export const sumConfig: tf.KernelConfig = { kernelName: tf.Sum, backendName: WASM, kernelFunc: sum };
+
+/**
+ * The gradient of Mean as dy / size broadcast to x's shape (one Tile: a memcpy here). TF.js's multiplies dy by a
+ * tensor of ones of x's full shape and divides the product, three passes over batch norm's activations per layer;
+ * the values are the same (dy * 1 / n is dy / n). Registered for every backend: gradients are backend-independent.
+ */
+export const meanGradConfig: tf.GradConfig = {
+  kernelName: tf.Mean,
+  inputsToSave: ['x'],
+  gradFunc: (dy, saved, attrs) => {
+    const [x] = saved as tf.Tensor[];
+    const { axis } = attrs as unknown as tf.MeanAttrs;
+    const axes = tf.util.parseAxisParam(axis, x!.shape);
+    const reduceSize = tf.util.sizeFromShape(axes.map((a) => x!.shape[a]!));
+    const expanded = x!.shape.map((d, i) => (axes.includes(i) ? 1 : d));
+    return { x: () => tf.broadcastTo(tf.div(tf.reshape(dy as tf.Tensor, expanded), reduceSize), x!.shape) };
+  },
+};
