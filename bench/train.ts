@@ -49,8 +49,8 @@ const opts = new Command()
   .option('--engines <list>', 'engines to measure', Object.keys(ENGINES).filter((e) => e !== 'wasm-native').join(','))
   .option('--engine <name>', 'measure this engine in this process and print its JSON (used by the parent)')
   .option('--batch <n>', 'batch size', String(BATCH_SIZE))
-  .option('--steps <n>', 'timed steps after the warm-up steps', '4')
-  .option('--warmup <n>', 'untimed steps first (session and operator creation, Adam slots, JIT)', '2')
+  .option('--steps <n>', 'timed steps after the warm-up steps', '6')
+  .option('--warmup <n>', 'untimed steps first (session and operator creation, Adam slots, JIT)', '3')
   .option('--native-steps <n>', 'timed steps for wasm-native (about 4x slower per step)', '1')
   .option('--webgpu-batch <n>', 'batch size for webgpu (lavapipe is slow)', '4')
   .option('--rounds <n>', 'rounds of all engines, alternated', '2')
@@ -164,7 +164,9 @@ async function measure(engine: EngineName, batch: number, steps: number): Promis
     times.push((performance.now() - s0) / 1000);
   }
   const foreignCores = foreign(a, cpuSnap(own));
-  const median = [...times].sort((p, q) => p - q)[Math.floor(times.length / 2)]!;
+  const sorted = [...times].sort((p, q) => p - q);
+  const mid = Math.floor(sorted.length / 2);
+  const median = sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
   const probe = tf.zeros([1]);
   const wasmHeap = setup.backend === 'wasm' ? (tf.backend() as BackendWasm).typedArrayFromHeap(probe).buffer.byteLength / 2 ** 20 : null;
   probe.dispose();
