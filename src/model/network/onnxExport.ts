@@ -3,6 +3,7 @@ import onnxProto from 'onnx-proto';
 import { ENCODER_BLOCKS, LAYER } from './architecture.js';
 import { INPUT_SIZE, SEG16_SIZE } from '../../util/constants.js';
 import { ONNX_INPUT, ONNX_OUTPUTS, ONNX_SEG16 } from './onnxInterface.js';
+import { floatValueInfo } from '../../tf/ortConv/graphs.js';
 
 const { onnx } = onnxProto;
 type Attr = onnxProto.onnx.IAttributeProto;
@@ -150,18 +151,6 @@ class GraphBuilder {
   }
 }
 
-function tensorInfo(name: string, dims: (number | string)[]): onnxProto.onnx.IValueInfoProto {
-  return {
-    name,
-    type: {
-      tensorType: {
-        elemType: onnx.TensorProto.DataType.FLOAT,
-        shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) },
-      },
-    },
-  };
-}
-
 /** Serialised ONNX ModelProto of a model built by buildSegClsModel (or loaded from its saved form). */
 export function exportOnnx(model: tf.LayersModel, numClasses: number): Uint8Array {
   const g = new GraphBuilder(model);
@@ -203,11 +192,11 @@ export function exportOnnx(model: tf.LayersModel, numClasses: number): Uint8Arra
       name: model.name,
       node: g.nodes,
       initializer: g.initializers,
-      input: [tensorInfo(ONNX_INPUT, ['N', 3, INPUT_SIZE, INPUT_SIZE])],
+      input: [floatValueInfo(ONNX_INPUT, ['N', 3, INPUT_SIZE, INPUT_SIZE])],
       output: [
-        tensorInfo(ONNX_OUTPUTS.mask, ['N', numClasses, INPUT_SIZE, INPUT_SIZE]),
-        tensorInfo(ONNX_OUTPUTS.cls, ['N', numClasses]),
-        tensorInfo(ONNX_SEG16, ['N', numClasses, SEG16_SIZE, SEG16_SIZE]),
+        floatValueInfo(ONNX_OUTPUTS.mask, ['N', numClasses, INPUT_SIZE, INPUT_SIZE]),
+        floatValueInfo(ONNX_OUTPUTS.cls, ['N', numClasses]),
+        floatValueInfo(ONNX_SEG16, ['N', numClasses, SEG16_SIZE, SEG16_SIZE]),
       ],
     },
     metadataProps: [{ key: 'numClasses', value: String(numClasses) }],

@@ -17,7 +17,8 @@ const int = (name: string, i: number): Attr => ({ name, type: onnx.AttributeProt
 
 const BATCH = 'N';
 
-function value(name: string, dims: readonly (number | string)[]): onnxProto.onnx.IValueInfoProto {
+/** A float32 graph input or output; a string dimension is symbolic. */
+export function floatValueInfo(name: string, dims: readonly (number | string)[]): onnxProto.onnx.IValueInfoProto {
   return {
     name,
     type: {
@@ -103,9 +104,9 @@ export function forwardGraph(g: ConvGeometry, bias: boolean, relu: boolean): Gra
   ]);
   if (relu) y = b.node('Relu', [y]);
   b.node('Transpose', [y], [ints('perm', NCHW_TO_NHWC)], 'y');
-  const inputs = [value('x', inShape(g)), value('filter', filterShape(g))];
-  if (bias) inputs.push(value('bias', [g.outChannels]));
-  return b.graph(inputs, [value('y', outShape(g))]);
+  const inputs = [floatValueInfo('x', inShape(g)), floatValueInfo('filter', filterShape(g))];
+  if (bias) inputs.push(floatValueInfo('bias', [g.outChannels]));
+  return b.graph(inputs, [floatValueInfo('y', outShape(g))]);
 }
 
 /**
@@ -131,7 +132,7 @@ export function inputGradientGraph(g: ConvGeometry): Graph {
     ints('output_padding', [tailH, tailW]),
   ]);
   b.node('Transpose', [dx], [ints('perm', NCHW_TO_NHWC)], 'dx');
-  return b.graph([value('dy', outShape(g)), value('filter', filterShape(g))], [value('dx', inShape(g))]);
+  return b.graph([floatValueInfo('dy', outShape(g)), floatValueInfo('filter', filterShape(g))], [floatValueInfo('dx', inShape(g))]);
 }
 
 /**
@@ -180,7 +181,7 @@ function filterGradientSlices(g: ConvGeometry): Graph {
   const dy = b.node('Reshape', ['dy', b.int64([-1, g.outChannels])]);
   const dw = b.node('Gemm', [a, dy], [int('transA', 1)]);
   b.node('Reshape', [dw, b.int64(filterShape(g))], [], 'dw');
-  return b.graph([value('x', inShape(g)), value('dy', outShape(g))], [value('dw', filterShape(g))]);
+  return b.graph([floatValueInfo('x', inShape(g)), floatValueInfo('dy', outShape(g))], [floatValueInfo('dw', filterShape(g))]);
 }
 
 /**
@@ -202,5 +203,5 @@ function filterGradientBatchConv(g: ConvGeometry): Graph {
     ints('dilations', [g.strideHeight, g.strideWidth]),
   ]);
   b.node('Transpose', [z], [ints('perm', [2, 3, 0, 1])], 'dw');
-  return b.graph([value('x', inShape(g)), value('dy', outShape(g))], [value('dw', filterShape(g))]);
+  return b.graph([floatValueInfo('x', inShape(g)), floatValueInfo('dy', outShape(g))], [floatValueInfo('dw', filterShape(g))]);
 }
