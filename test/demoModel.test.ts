@@ -27,11 +27,13 @@ describe('a demonstration model', () => {
     await server?.shutdown();
   });
 
-  it('the shipped histoseg-bach 1.0.0 manifest says it was trained on synthetic slides and is for demonstration only', async () => {
-    const m = await readManifest(new URL('../models/histoseg-bach/1.0.0/manifest.json', import.meta.url).pathname);
-    assert.equal(m.demoOnly, true);
-    assert.match(m.trainedOn ?? '', /synthetic/);
-  });
+  for (const version of ['1.0.0', '1.1.0']) {
+    it(`the shipped histoseg-bach ${version} manifest says it was trained on synthetic slides and is for demonstration only`, async () => {
+      const m = await readManifest(new URL(`../models/histoseg-bach/${version}/manifest.json`, import.meta.url).pathname);
+      assert.equal(m.demoOnly, true);
+      assert.match(m.trainedOn ?? '', /synthetic/);
+    });
+  }
 
   it('ModelInfo carries trained_on and demo_only', async () => {
     const model = await new Promise<ModelInfo | undefined>((resolve, reject) =>
@@ -46,6 +48,6 @@ describe('a demonstration model', () => {
     const warn = lines.find((l) => l.includes('DEMONSTRATION only'));
     assert.ok(warn, 'a warning was logged');
     assert.match(warn!, /"level":40/);
-    assert.match(warn!, /"model":"histoseg-bach@1\.0\.0"/);
+    assert.match(warn!, /"model":"histoseg-bach@1\.1\.0"/); // the newest version is the default
   });
 });

@@ -111,7 +111,7 @@ test('a manifest that disagrees with its folder is an error', async () => {
 test('the bundled repository serves the trained demo model by default, with its untrained ancestor beside it', async () => {
   const root = fileURLToPath(new URL('../models', import.meta.url));
   const entry = await resolveModel(root);
-  assert.equal(`${entry.name}@${entry.version}`, 'histoseg-bach@1.0.0');
+  assert.equal(`${entry.name}@${entry.version}`, 'histoseg-bach@1.1.0');
   assert.deepEqual(
     entry.manifest.classes.map((c) => c.name),
     ['normal', 'benign', 'in situ', 'invasive'],
