@@ -66,3 +66,16 @@ export function splitThreads(pid: number, a: Map<number, number>, b: Map<number,
   const other = rest.slice(engines).reduce((s, t) => s + t, 0);
   return { main, engine, other };
 }
+
+/** The widest float vector instructions the CPU reports (machines here have varied between AVX-512 and AVX2). */
+export function vectorIsa(): string {
+  let flags: string[] = [];
+  try {
+    flags = (/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? '').trim().split(/\s+/);
+  } catch {
+    return 'unknown vector ISA';
+  }
+  if (flags.includes('avx512f')) return 'AVX-512';
+  if (flags.includes('avx2')) return flags.includes('fma') ? 'AVX2 + FMA, no AVX-512' : 'AVX2, no AVX-512';
+  return 'no AVX2';
+}

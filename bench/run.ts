@@ -24,7 +24,7 @@ import { resolveModel } from '../src/model/repository.js';
 import { loadConfig } from '../src/server/config.js';
 import { SegmentationServiceService, SegmentTilesRequest, SegmentTilesResponse, type Tile } from '../src/proto/gen/histoseg/v1/segmentation.js';
 import { tissueFraction } from '../src/imaging/tissue.js';
-import { cpuSnap, foreign, HZ, procCpu, splitThreads, threadCpu } from './cpuLoad.js';
+import { cpuSnap, foreign, HZ, procCpu, splitThreads, threadCpu, vectorIsa } from './cpuLoad.js';
 import { enginePlacement } from '../src/engine/engineDevices.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -555,7 +555,7 @@ const e8 = e2e.find((e) => e.streams === 8);
 const torchBest = Array.isArray(torch) ? Math.max(...torch.map((t) => t.tiles_per_s)) : NaN;
 const result = {
   date: started.toISOString(),
-  machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version, loadavg_at_start: loadavg() },
+  machine: { cpus: cpus().length, model: cpus()[0]?.model, vector_isa: vectorIsa(), node: process.version, loadavg_at_start: loadavg() },
   model: { name: entry.manifest.name, version: entry.manifest.version, classes: C, macs_per_tile: macs, gflop_per_tile: (2 * macs) / 1e9 },
   compute_limit: { ...limit, tiles_per_s: limitTilesPerS },
   model_only: model,
@@ -588,7 +588,7 @@ const pct = (x: number) => (Number.isFinite(x) ? `${(100 * x).toFixed(0)}%` : 'n
 const md = [
   `# Serving benchmark`,
   ``,
-  `${result.date}, ${result.machine.cpus} x ${result.machine.model}, Node ${process.version}, model ${entry.manifest.name}@${entry.manifest.version} (${(2 * macs / 1e9).toFixed(3)} GFLOP/tile). All figures from one run of \`npm run bench\`; "foreign" is the CPU (in cores) other processes used meanwhile.`,
+  `${result.date}, ${result.machine.cpus} x ${result.machine.model} (${result.machine.vector_isa}), Node ${process.version}, model ${entry.manifest.name}@${entry.manifest.version} (${(2 * macs / 1e9).toFixed(3)} GFLOP/tile). All figures from one run of \`npm run bench\`; "foreign" is the CPU (in cores) other processes used meanwhile.`,
   ``,
   `| measure | tiles/s | ratio |`,
   `|---|---|---|`,

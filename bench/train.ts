@@ -26,7 +26,7 @@ import { DataParallel } from '../src/training/fit/dataParallel.js';
 import { trainableVariables, trainStep } from '../src/training/fit/step.js';
 import type { BatchArrays } from '../src/training/fit/trainingData.js';
 import { Rng } from '../src/util/rng.js';
-import { cpuSnap, foreign } from './cpuLoad.js';
+import { cpuSnap, foreign, vectorIsa } from './cpuLoad.js';
 
 const OUT_DIR = fileURLToPath(new URL('results', import.meta.url));
 const NUM_CLASSES = 4;
@@ -257,7 +257,7 @@ if (opts.engine !== undefined) {
   });
   const result = {
     date: started.toISOString(),
-    machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version, loadavg_at_start: loadavg() },
+    machine: { cpus: cpus().length, model: cpus()[0]?.model, vector_isa: vectorIsa(), node: process.version, loadavg_at_start: loadavg() },
     batch,
     warmup_steps: Number(opts.warmup),
     max_foreign_cores: Math.max(0, ...rows.map((r) => r.foreign_cores ?? 0)),
@@ -268,7 +268,7 @@ if (opts.engine !== undefined) {
   const md = [
     '# Training benchmark',
     '',
-    `${result.date}, ${result.machine.cpus} x ${result.machine.model}, Node ${process.version}. \`npm run bench:train\`: one ` +
+    `${result.date}, ${result.machine.cpus} x ${result.machine.model} (${result.machine.vector_isa}), Node ${process.version}. \`npm run bench:train\`: one ` +
       `training step (forward, backward, Adam; the trainer's joint loss on half segmentation, half class patches) of the ` +
       `paper's model at batch ${batch}, timed after ${opts.warmup} warm-up steps, each engine in its own process. "Foreign" is ` +
       `the CPU (in cores) other processes used during the timed steps: at most ${n(result.max_foreign_cores, 2)} in this run.`,
