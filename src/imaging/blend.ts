@@ -9,7 +9,6 @@ import type { Window } from './windows.js';
 export class Blender {
   private readonly acc: Float32Array;
   private readonly weight: Float32Array;
-  private readonly probs: Float64Array;
 
   constructor(
     readonly width: number,
@@ -21,7 +20,6 @@ export class Blender {
     this.acc = new Float32Array(numClasses * width * height);
     this.weight = new Float32Array(size);
     for (let i = 0; i < size; i++) this.weight[i] = Math.sin((Math.PI * (i + 0.5)) / size) ** 2;
-    this.probs = new Float64Array(numClasses);
   }
 
   /**
@@ -80,7 +78,6 @@ export class Blender {
     if (this.sumScratch.length < plane) this.sumScratch = new Float64Array(plane);
     const out = this.cellScratch;
     const sums = this.sumScratch;
-    const probs = this.probs;
     for (let i = 0; i < plane; i++) {
       const src = offset + i;
       let max = -Infinity;
@@ -91,10 +88,9 @@ export class Blender {
       let sum = 0;
       for (let c = 0; c < nc; c++) {
         const e = Math.exp(maskLogits[src + c * plane]! - max);
-        probs[c] = e;
+        out[c * plane + i] = e;
         sum += e;
       }
-      for (let c = 0; c < nc; c++) out[c * plane + i] = probs[c]!;
       sums[i] = sum;
     }
     return { exps: out, sums };

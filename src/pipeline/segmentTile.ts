@@ -188,7 +188,6 @@ export function labelOneWindowTs(logits: Float32Array, C: number, m: number, n: 
   }
 }
 
-
 /**
  * The tile path, wire-free: encoded bytes in, a TileResult out. It owns the byte pool its tiles' buffers
  * (decoded, tissue mask, normalised, labels) come from, shared by every tile it segments.

@@ -40,34 +40,42 @@ export interface WasmTrainingKernelOptions {
   readonly convThreads?: number;
 }
 
+/** TF.js's own gradient of Mean while meanGradConfig replaces it. */
+let nativeMeanGrad: tf.GradConfig | undefined;
+
+/** Puts back the kernel registered for `name` before we replaced it. */
+function restoreNative(name: string): void {
+  const native = nativeKernels.get(name);
+  if (tf.getKernel(name, WASM) !== undefined) tf.unregisterKernel(name, WASM);
+  if (native !== undefined) tf.registerKernel(native);
+  nativeKernels.delete(name);
+}
+
+function restoreMeanGrad(): void {
+  if (nativeMeanGrad !== undefined) tf.registerGradient(nativeMeanGrad);
+  nativeMeanGrad = undefined;
+}
+
 /**
  * Registers the kernels on the wasm backend; idempotent. Call after the wasm backend is initialised
  * (selectTfBackend() returned 'wasm'): the replaced kernels' native versions stay callable for delegation.
  */
-/** TF.js's own gradient of Mean while meanGradConfig replaces it. */
-let nativeMeanGrad: tf.GradConfig | undefined;
-
 export function registerWasmTrainingKernels(options: WasmTrainingKernelOptions = {}): void {
   if (!(WASM in tf.engine().registry)) {
     throw new Error('registerWasmTrainingKernels: the TF.js wasm backend is not initialised (call selectTfBackend first)');
   }
-  const ort = options.replaceNative !== false && (options.convs ?? 'onnxruntime') === 'onnxruntime';
-  const wanted = options.replaceNative === false ? MISSING : ort ? [...MISSING, ...REPLACEMENTS, ...ORT_CONVS] : [...MISSING, ...REPLACEMENTS];
+  const replace = options.replaceNative !== false;
+  const ort = replace && (options.convs ?? 'onnxruntime') === 'onnxruntime';
+  const wanted = [...MISSING, ...(replace ? REPLACEMENTS : []), ...(ort ? ORT_CONVS : [])];
   if (ort) configureOrtConv(options.convThreads ?? 1);
   // Kernels replaced before but not wanted now get their native versions back.
   const names = new Set(wanted.map((c) => c.kernelName));
-  for (const [name, native] of [...nativeKernels]) {
-    if (names.has(name)) continue;
-    if (tf.getKernel(name, WASM) !== undefined) tf.unregisterKernel(name, WASM);
-    if (native !== undefined) tf.registerKernel(native);
-    nativeKernels.delete(name);
-  }
-  if (options.replaceNative !== false) {
+  for (const name of [...nativeKernels.keys()]) if (!names.has(name)) restoreNative(name);
+  if (replace) {
     nativeMeanGrad ??= tf.getGradient(tf.Mean);
     tf.registerGradient(meanGradConfig);
-  } else if (nativeMeanGrad !== undefined) {
-    tf.registerGradient(nativeMeanGrad);
-    nativeMeanGrad = undefined;
+  } else {
+    restoreMeanGrad();
   }
   for (const config of wanted) {
     const current = tf.getKernel(config.kernelName, WASM);
@@ -80,11 +88,6 @@ export function registerWasmTrainingKernels(options: WasmTrainingKernelOptions =
 
 /** Puts back the kernels that were registered before registerWasmTrainingKernels (for comparisons and benchmarks). */
 export function unregisterWasmTrainingKernels(): void {
-  for (const [name, native] of nativeKernels) {
-    if (tf.getKernel(name, WASM) !== undefined) tf.unregisterKernel(name, WASM);
-    if (native !== undefined) tf.registerKernel(native);
-  }
-  nativeKernels.clear();
-  if (nativeMeanGrad !== undefined) tf.registerGradient(nativeMeanGrad);
-  nativeMeanGrad = undefined;
+  for (const name of [...nativeKernels.keys()]) restoreNative(name);
+  restoreMeanGrad();
 }

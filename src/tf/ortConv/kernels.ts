@@ -98,14 +98,20 @@ function convInfo(
   );
 }
 
+/** y = act(conv(x, filter) + bias) for Conv2D and FusedConv2D alike (they share sessions). */
+function forward(backend: BackendWasm, info: tf.backend_util.Conv2DInfo, inputs: { x: tf.TensorInfo; filter: tf.TensorInfo; bias?: tf.TensorInfo }, relu: boolean): tf.TensorInfo {
+  const g = geometry(info);
+  const bias = inputs.bias !== undefined;
+  return runOnHeap(backend, `fwd|${bias}|${relu}|${geometryKey(g)}`, () => forwardGraph(g, bias, relu), inputs, { name: 'y', shape: info.outShape });
+}
+
 function conv2D(args: KernelArgs): tf.TensorInfo {
   const backend = args.backend as BackendWasm;
   const { x, filter } = kernelInputs(tf.Conv2D, args, 'x', 'filter');
   const attrs = args.attrs as unknown as tf.Conv2DAttrs;
   const info = convInfo(x.shape, filter.shape, attrs, attrs.dilations);
   if (info.dataFormat !== 'channelsLast' || !float32(x, filter)) return runNativeKernel(backend, tf.Conv2D, args.inputs, args.attrs ?? {});
-  const g = geometry(info);
-  return runOnHeap(backend, `fwd|${geometryKey(g)}`, () => forwardGraph(g, false, false), { x, filter }, { name: 'y', shape: info.outShape });
+  return forward(backend, info, { x, filter }, false);
 }
 
 function fusedConv2D(args: KernelArgs): tf.TensorInfo {
@@ -122,13 +128,7 @@ function fusedConv2D(args: KernelArgs): tf.TensorInfo {
     (relu || attrs.activation === 'linear' || attrs.activation === undefined) &&
     (bias === undefined || tf.util.sizeFromShape(bias.shape) === info.outChannels);
   if (!supported) return runNativeKernel(backend, tf.FusedConv2D, args.inputs, args.attrs ?? {});
-  const g = geometry(info);
-  const inputs: Record<string, tf.TensorInfo> = { x, filter };
-  if (bias !== undefined) inputs.bias = bias;
-  return runOnHeap(backend, `fused|${bias !== undefined}|${relu}|${geometryKey(g)}`, () => forwardGraph(g, bias !== undefined, relu), inputs, {
-    name: 'y',
-    shape: info.outShape,
-  });
+  return forward(backend, info, bias === undefined ? { x, filter } : { x, filter, bias }, relu);
 }
 
 function conv2DBackpropInput(args: KernelArgs): tf.TensorInfo {

@@ -1,10 +1,11 @@
+import type { TrainingConvs } from '../../tf/gradKernels/index.js';
 import type { StepLosses } from './step.js';
 
 /** Messages between the data-parallel coordinator (dataParallel.ts) and its workers (dataParallelWorker.ts). */
 export interface ParallelWorkerInit {
   numClasses: number;
-  /** Where the worker's convs run (tf/gradKernels TRAINING_CONVS). */
-  convs: 'onnxruntime' | 'wasm';
+  /** Where the worker's convs run. */
+  convs: TrainingConvs;
 }
 
 export interface ShardRequest {
