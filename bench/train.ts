@@ -103,7 +103,7 @@ async function measureTorch(): Promise<EngineResult> {
   let out = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
   child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
-  const [code] = (await once(child, 'exit')) as [number | null];
+  const [code] = (await once(child, 'close')) as [number | null]; // 'close': after stdout has been read to its end
   const m = /batch (\d+): median (\d+) ms/.exec(out);
   if (code !== 0 || !m) return { ...base, skipped: `train_torch.py failed (exit ${code}): ${out.trim().split('\n').at(-1)}` };
   const step = Number(m[2]) / 1000;
@@ -213,7 +213,7 @@ async function measureInChild(engine: EngineName, batch: number, steps: number):
   });
   let stdout = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  const [code] = (await once(child, 'exit')) as [number | null];
+  const [code] = (await once(child, 'close')) as [number | null]; // 'close': after stdout has been read to its end
   const line = stdout.trim().split('\n').at(-1);
   if (code !== 0 || !line) return { engine, description: ENGINES[engine], skipped: `the measuring process failed (exit ${code})` };
   return JSON.parse(line) as EngineResult;

@@ -35,11 +35,12 @@ test('SIGTERM to `npm start` stops the server with its drain; nothing is left ru
   assert.equal(typeof serverPid, 'number');
   assert.notEqual(serverPid, npm.pid, 'the server is a child of npm');
 
-  // Every process holding the stdout pipe (npm and the server) must be gone for it to close.
+  // Every process holding the stdout pipe (npm and the server) must be gone for it to close. npm's 'exit' may come
+  // before or after that close, so both are listened for before the signal is sent.
   const closed = once(npm.stdout, 'close');
+  const exited = once(npm, 'exit') as Promise<[number | null]>;
   npm.kill('SIGTERM');
-  await closed;
-  const [code] = (await once(npm, 'exit')) as [number | null];
+  const [, [code]] = await Promise.all([closed, exited]);
   assert.ok(logs.some((l) => l.msg === 'shutting down' && l.pid === serverPid), 'the server itself got the signal');
   assert.ok(logs.some((l) => l.msg === 'stopped' && l.pid === serverPid), 'it drained and stopped');
   assert.throws(() => process.kill(serverPid, 0), { code: 'ESRCH' }, 'no orphaned server');
