@@ -1,5 +1,6 @@
-// Data-parallel CPU training: any number of workers gives the numbers of one worker running the same shards, and
-// one shard on a worker gives the numbers of training on this thread.
+// Data-parallel CPU training: any number of workers gives the numbers of one worker running the same shards, one
+// shard on a worker gives the numbers of training on this thread, and syncing the workers' state to this thread
+// and back changes nothing.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
@@ -31,11 +32,18 @@ function batch(seed: number, n = 2): BatchArrays {
 }
 
 /** Two steps from the same start; returns the losses and every weight after them. */
-async function run(step: (m: tf.LayersModel, o: tf.Optimizer, v: tf.Variable[], b: BatchArrays) => Promise<StepLosses>) {
+async function run(
+  step: (m: tf.LayersModel, o: tf.AdamOptimizer, v: tf.Variable[], b: BatchArrays) => Promise<StepLosses>,
+  sync?: (m: tf.LayersModel, o: tf.AdamOptimizer) => Promise<void>,
+  syncBetween = false,
+) {
   const model = buildSegClsModel({ numClasses: C, seed: 8 });
   const optimizer = tf.train.adam(ADAM_LEARNING_RATE, ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON);
   const vars = trainableVariables(model);
-  const losses = [await step(model, optimizer, vars, batch(1)), await step(model, optimizer, vars, batch(2))];
+  const losses = [await step(model, optimizer, vars, batch(1))];
+  if (syncBetween) await sync?.(model, optimizer);
+  losses.push(await step(model, optimizer, vars, batch(2)));
+  await sync?.(model, optimizer);
   const weights = await Promise.all(model.weights.map(async (w) => (await w.read().data()) as Float32Array));
   optimizer.dispose();
   model.dispose();
@@ -51,10 +59,14 @@ function assertSame(a: Awaited<ReturnType<typeof run>>, b: Awaited<ReturnType<ty
 test('two workers give what one worker gives on the same shards; one shard gives what this thread gives', async () => {
   assert.equal(await selectTfBackend(), 'wasm');
   registerWasmTrainingKernels();
-  const withPool = async (workers: number, shards: number) => {
+  const withPool = async (workers: number, shards: number, syncBetween = false) => {
     const pool = await DataParallel.start(workers, C, shards);
     try {
-      return await run((m, o, v, b) => pool.step(m, o, v, b));
+      return await run(
+        (m, o, v, b) => pool.step(m, o, v, b),
+        (m, o) => pool.sync(m, o),
+        syncBetween,
+      );
     } finally {
       await pool.close();
     }
@@ -62,6 +74,8 @@ test('two workers give what one worker gives on the same shards; one shard gives
   const two = await withPool(2, 2);
   const one = await withPool(1, 2);
   assertSame(two, one, 1e-6, '2 workers vs 1 worker, 2 shards');
+  // The trainer syncs every epoch (to validate and checkpoint); handing the state to this thread and back is exact.
+  assertSame(await withPool(2, 2, true), two, 0, 'a sync between the steps');
   const start = buildSegClsModel({ numClasses: C, seed: 8 });
   const initial = (await start.weights[0]!.read().data())[0];
   start.dispose();

@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { z } from 'zod';
 import { loadLayersModel, saveLayersModel } from '../../model/network/tfjsIO.js';
 import { fsyncPath, fsyncTree } from '../../util/durableFile.js';
+import { adamInternals } from './adamState.js';
 
 export const CHECKPOINT_DIR = 'checkpoint';
 const STATE_FILE = 'state.json';
@@ -42,20 +43,6 @@ export const CheckpointStateSchema = z.object({
   history: z.array(EpochRecordSchema),
 });
 export type CheckpointState = z.infer<typeof CheckpointStateSchema>;
-
-/** Adam's private bias-correction variables (tfjs-core AdamOptimizer); read and restored for an exact resume. */
-interface AdamInternals {
-  accBeta1: tf.Variable;
-  accBeta2: tf.Variable;
-}
-
-function adamInternals(optimizer: tf.AdamOptimizer): AdamInternals {
-  const o = optimizer as unknown as Partial<AdamInternals>;
-  if (!(o.accBeta1 instanceof tf.Variable) || !(o.accBeta2 instanceof tf.Variable)) {
-    throw new Error('this TF.js version has no AdamOptimizer.accBeta1/accBeta2; checkpoints cannot restore Adam exactly');
-  }
-  return o as AdamInternals;
-}
 
 async function exists(path: string): Promise<boolean> {
   return stat(path).then(

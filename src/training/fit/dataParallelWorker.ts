@@ -1,23 +1,33 @@
-// A data-parallel training worker: one model replica on this thread's TF.js wasm backend. Each step the coordinator
-// sends the weights, then shards of the batch; the worker answers each shard's gradients and batch-norm statistics.
+// A data-parallel training worker: one model replica on this thread's TF.js wasm backend. Weights, Adam's moments
+// and the shards' gradients live in shared memory (SharedState). Each step the worker loads the weights, runs the
+// shards it is sent and writes their gradients and batch-norm statistics into their slots; then each worker sums
+// the slots and applies Adam over its own range of the weights.
 import { parentPort, workerData } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs';
 import { buildSegClsModel } from '../../model/network/architecture.js';
 import { initWasmBackend } from '../../tf/backend.js';
 import { registerWasmTrainingKernels } from '../../tf/gradKernels/index.js';
-import type { ParallelReply, ParallelRequest, ParallelWorkerInit } from './dataParallelProtocol.js';
+import { adamUpdate, type AdamConstants } from './adamState.js';
+import type { ParallelReply, ParallelRequest, ParallelWorkerInit, ShardRequest, SharedState, UpdateRequest } from './dataParallelProtocol.js';
 import { batchGradients, trainableVariables } from './step.js';
 
 const port = parentPort;
 if (!port) throw new Error('dataParallelWorker must run in a worker thread');
 const init = workerData as ParallelWorkerInit;
 
+const sizeOf = (w: tf.LayerVariable): number => w.shape.reduce((a, b) => a! * b!, 1)!;
+
 let model: tf.LayersModel;
 try {
   const backend = await initWasmBackend();
   registerWasmTrainingKernels({ convs: init.convs, convThreads: 1 }); // one worker per core
-  model = buildSegClsModel({ numClasses: init.numClasses, seed: 0 }); // weights come from the coordinator
-  port.postMessage({ type: 'ready', backend, sizes: model.weights.map((w) => w.shape.reduce((a, b) => a! * b!, 1)!) } satisfies ParallelReply);
+  model = buildSegClsModel({ numClasses: init.numClasses, seed: 0 }); // weights come from the shared state
+  port.postMessage({
+    type: 'ready',
+    backend,
+    trainableSizes: model.trainableWeights.map(sizeOf),
+    statSizes: model.nonTrainableWeights.map(sizeOf),
+  } satisfies ParallelReply);
 } catch (err) {
   port.postMessage({ type: 'failed', message: (err as Error).message } satisfies ParallelReply);
   process.exit(1);
@@ -25,34 +35,107 @@ try {
 
 const vars = trainableVariables(model);
 const stats = model.nonTrainableWeights;
+const nTrainable = vars.reduce((n, v) => n + v.size, 0);
+const nStats = stats.reduce((n, w) => n + sizeOf(w), 0);
+
+interface Views {
+  trainable: Float32Array;
+  stats: Float32Array;
+  m: Float32Array;
+  v: Float32Array;
+  grads: Float32Array;
+  shardStats: Float32Array;
+  adam: AdamConstants;
+}
+let views: Views | undefined;
+let loadedStep = -1;
 /** This step's batch-norm statistics: every shard starts from them, whichever worker runs it. */
 let stepStats: tf.Tensor[] = [];
 
-function setWeights(flat: Float32Array): void {
+function attach(shared: SharedState, adam: AdamConstants): Views {
+  const v = {
+    trainable: new Float32Array(shared.trainable),
+    stats: new Float32Array(shared.stats),
+    m: new Float32Array(shared.m),
+    v: new Float32Array(shared.v),
+    grads: new Float32Array(shared.grads),
+    shardStats: new Float32Array(shared.shardStats),
+    adam,
+  };
+  if (v.trainable.length !== nTrainable || v.stats.length !== nStats) {
+    throw new Error(`shared state holds ${v.trainable.length} + ${v.stats.length} weights, the replica ${nTrainable} + ${nStats}`);
+  }
+  return v;
+}
+
+/** Copies the shared weights into the replica (tf.tensor copies into the wasm heap). */
+function load(s: Views): void {
   let o = 0;
-  tf.dispose(stepStats);
-  stepStats = [];
-  for (const w of model.weights) {
-    const size = w.shape.reduce((a, b) => a! * b!, 1)!;
-    const t = tf.tensor(flat.subarray(o, o + size), w.shape as number[]);
-    o += size;
+  for (const w of model.trainableWeights) {
+    const n = sizeOf(w);
+    const t = tf.tensor(s.trainable.subarray(o, o + n), w.shape as number[]);
     w.write(t);
-    if (!w.trainable) stepStats.push(tf.clone(t));
     t.dispose();
+    o += n;
   }
+  tf.dispose(stepStats);
+  o = 0;
+  stepStats = stats.map((w) => {
+    const n = sizeOf(w);
+    const t = tf.tensor(s.stats.subarray(o, o + n), w.shape as number[]);
+    o += n;
+    return t;
+  });
 }
 
-function flatten(arrays: (Float32Array | Int32Array | Uint8Array)[]): Float32Array {
-  const out = new Float32Array(arrays.reduce((n, a) => n + a.length, 0));
-  let o = 0;
-  for (const a of arrays) {
-    out.set(a, o);
-    o += a.length;
+async function shard(s: Views, msg: ShardRequest): Promise<ParallelReply> {
+  if (msg.step !== loadedStep) {
+    load(s);
+    loadedStep = msg.step;
   }
-  return out;
+  stats.forEach((w, i) => {
+    const t = tf.clone(stepStats[i]!);
+    w.write(t);
+    t.dispose();
+  });
+  const { losses, grads } = await batchGradients(model, vars, { n: msg.n, x: msg.x, segTarget: msg.segTarget, clsTarget: msg.clsTarget }, msg.denominators);
+  try {
+    let o = msg.slot * nTrainable;
+    for (const g of grads) {
+      s.grads.set((await g.data()) as Float32Array, o);
+      o += g.size;
+    }
+  } finally {
+    tf.dispose(grads);
+  }
+  let o = msg.slot * nStats;
+  for (const w of stats) {
+    s.shardStats.set((await w.read().data()) as Float32Array, o);
+    o += sizeOf(w);
+  }
+  return { type: 'shard', id: msg.id, losses };
 }
 
-// One message at a time, in order: a shard's reply reads the statistics its own forward pass left.
+/** Slot 0 becomes the sum of the slots (in slot order, float32 as the one-worker sum), then Adam over the range. */
+function update(s: Views, msg: UpdateRequest): ParallelReply {
+  const [lo, hi] = msg.trainable;
+  const g = s.grads;
+  for (let slot = 1; slot < msg.slots; slot++) {
+    const base = slot * nTrainable;
+    for (let i = lo; i < hi; i++) g[i]! += g[base + i]!;
+  }
+  adamUpdate(s.adam, msg.oneMinusAccBeta1, msg.oneMinusAccBeta2, s.trainable, s.m, s.v, g, lo, hi);
+  const [a, b] = msg.stats;
+  const st = s.shardStats;
+  for (let i = a; i < b; i++) {
+    let sum = st[i]!;
+    for (let slot = 1; slot < msg.slots; slot++) sum = Math.fround(sum + st[slot * nStats + i]!);
+    s.stats[i] = sum / msg.slots;
+  }
+  return { type: 'updated', id: msg.id };
+}
+
+// One message at a time, in order.
 let chain: Promise<void> = Promise.resolve();
 port.on('message', (msg: ParallelRequest) => {
   chain = chain.then(() => handle(msg));
@@ -64,21 +147,14 @@ async function handle(msg: ParallelRequest): Promise<void> {
     port!.close();
     return;
   }
-  if (msg.type === 'weights') {
-    setWeights(msg.flat);
+  if (msg.type === 'attach') {
+    views = attach(msg.shared, msg.adam);
+    loadedStep = -1;
     return;
   }
   try {
-    stats.forEach((w, i) => {
-      const t = tf.clone(stepStats[i]!);
-      w.write(t);
-      t.dispose();
-    });
-    const { losses, grads } = await batchGradients(model, vars, { n: msg.n, x: msg.x, segTarget: msg.segTarget, clsTarget: msg.clsTarget }, msg.denominators);
-    const g = flatten(await Promise.all(grads.map((t) => t.data() as Promise<Float32Array>)));
-    tf.dispose(grads);
-    const s = flatten(await Promise.all(stats.map((w) => w.read().data() as Promise<Float32Array>)));
-    port!.postMessage({ type: 'shard', id: msg.id, losses, grads: g, stats: s } satisfies ParallelReply, [g.buffer as ArrayBuffer, s.buffer as ArrayBuffer]);
+    if (!views) throw new Error('no shared state attached');
+    port!.postMessage(msg.type === 'shard' ? await shard(views, msg) : update(views, msg));
   } catch (err) {
     port!.postMessage({ type: 'error', id: msg.id, message: (err as Error).message } satisfies ParallelReply);
   }

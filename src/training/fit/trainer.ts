@@ -203,6 +203,7 @@ export async function fit(items: TrainingItems, o: FitOptions, hooks: FitHooks =
         hooks.onProgress?.({ kind: 'step', epoch: epoch + 1, epochs: o.epochs, step: step + 1, stepsPerEpoch, loss: totalV, seg: segV, cls: clsV });
       }
       hooks.signal?.throwIfAborted();
+      await parallel?.sync(model, optimizer); // the workers' weights and Adam state, for validation and the checkpoint
       const seconds = (performance.now() - t0) / 1000;
       trainSeconds += seconds;
       trainImages += sums.images;
