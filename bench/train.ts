@@ -176,11 +176,11 @@ async function measure(engine: EngineName, batch: number, steps: number): Promis
     });
     const byKernel = new Map<string, number>();
     for (const k of info.kernels) byKernel.set(k.name, (byKernel.get(k.name) ?? 0) + Number(k.kernelTimeMs));
+    if (process.env.SHAPES) for (const k of info.kernels) if (k.name === process.env.SHAPES) process.stderr.write(`${k.name} ${JSON.stringify(k.inputShapes)} ${Number(k.kernelTimeMs).toFixed(1)}\n`);
     for (const [name, ms] of [...byKernel].sort((p, q) => q[1] - p[1]).slice(0, 15)) {
       process.stderr.write(`${name.padEnd(28)} ${ms.toFixed(0).padStart(6)} ms\n`);
     }
   }
-  if (opts.profile) for (const [k, v] of [...(globalThis as any).T].sort((a: any, b: any) => b[1] - a[1])) process.stderr.write(`${k.padEnd(50)} ${(v / (times.length + 2)).toFixed(1)}\n`);
   optimizer.dispose();
   model.dispose();
   await parallel?.close();
