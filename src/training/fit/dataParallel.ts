@@ -5,7 +5,7 @@
 // DistributedDataParallel without SyncBatchNorm); the moving statistics are the mean over shards.
 //
 // Weights, Adam's moments and the shards' gradients live in SharedArrayBuffers, and the update (the sum over
-// shards, then Adam with TF.js's float32 arithmetic, adamState.ts) runs on the workers, each over its own range:
+// shards, then TF.js's Adam formula, adamState.ts) runs on the workers, each over its own range:
 // between steps nothing is copied between threads and this thread does no arithmetic. While the pool owns the
 // state (from the first step until sync()), the model and optimizer on this thread are stale.
 import { once } from 'node:events';
@@ -15,6 +15,7 @@ import type { TrainingConvs } from '../../tf/gradKernels/index.js';
 import { startModuleWorker } from '../../util/moduleWorker.js';
 import { adamConstants, adamStep, readAdam, writeAdam, type AdamScalars } from './adamState.js';
 import type { ParallelReply, ParallelRequest, ShardRequest, SharedState, UpdateRequest } from './dataParallelProtocol.js';
+import { readFlat, writeFlat } from './flatWeights.js';
 import type { StepLosses } from './step.js';
 import type { BatchArrays } from './trainingData.js';
 
@@ -60,7 +61,6 @@ export class DataParallel {
   private failure: Error | undefined;
   /** Adam's scalars while the pool owns the state; undefined when this thread's model and optimizer are current. */
   private owned: AdamScalars | undefined;
-  private oneMinus = { beta1: 0, beta2: 0 };
   private readonly shared: Shared;
 
   private constructor(
@@ -225,22 +225,4 @@ function sum(a: Float32Array): number {
   let s = 0;
   for (let i = 0; i < a.length; i++) s += a[i]!;
   return s;
-}
-
-async function writeFlat(tensors: readonly tf.Tensor[], out: Float32Array): Promise<void> {
-  let o = 0;
-  for (const t of tensors) {
-    out.set((await t.data()) as Float32Array, o);
-    o += t.size;
-  }
-}
-
-function readFlat(flat: Float32Array, into: readonly tf.Variable[]): void {
-  let o = 0;
-  tf.tidy(() => {
-    for (const v of into) {
-      v.assign(tf.tensor(flat.subarray(o, o + v.size), v.shape));
-      o += v.size;
-    }
-  });
 }

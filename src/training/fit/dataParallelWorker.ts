@@ -9,6 +9,7 @@ import { initWasmBackend } from '../../tf/backend.js';
 import { registerWasmTrainingKernels } from '../../tf/gradKernels/index.js';
 import { adamUpdate, type AdamConstants } from './adamState.js';
 import type { ParallelReply, ParallelRequest, ParallelWorkerInit, ShardRequest, SharedState, UpdateRequest } from './dataParallelProtocol.js';
+import { readFlat, writeFlat } from './flatWeights.js';
 import { batchGradients, trainableVariables } from './step.js';
 
 const port = parentPort;
@@ -68,18 +69,11 @@ function attach(shared: SharedState, adam: AdamConstants): Views {
   return v;
 }
 
-/** Copies the shared weights into the replica (tf.tensor copies into the wasm heap). */
+/** Copies the shared weights into the replica (a tensor is a copy in the wasm heap). */
 function load(s: Views): void {
-  let o = 0;
-  for (const w of model.trainableWeights) {
-    const n = sizeOf(w);
-    const t = tf.tensor(s.trainable.subarray(o, o + n), w.shape as number[]);
-    w.write(t);
-    t.dispose();
-    o += n;
-  }
+  readFlat(s.trainable, vars);
   tf.dispose(stepStats);
-  o = 0;
+  let o = 0;
   stepStats = stats.map((w) => {
     const n = sizeOf(w);
     const t = tf.tensor(s.stats.subarray(o, o + n), w.shape as number[]);
@@ -100,19 +94,11 @@ async function shard(s: Views, msg: ShardRequest): Promise<ParallelReply> {
   });
   const { losses, grads } = await batchGradients(model, vars, { n: msg.n, x: msg.x, segTarget: msg.segTarget, clsTarget: msg.clsTarget }, msg.denominators);
   try {
-    let o = msg.slot * nTrainable;
-    for (const g of grads) {
-      s.grads.set((await g.data()) as Float32Array, o);
-      o += g.size;
-    }
+    await writeFlat(grads, s.grads, msg.slot * nTrainable);
   } finally {
     tf.dispose(grads);
   }
-  let o = msg.slot * nStats;
-  for (const w of stats) {
-    s.shardStats.set((await w.read().data()) as Float32Array, o);
-    o += sizeOf(w);
-  }
+  await writeFlat(stats.map((w) => w.read()), s.shardStats, msg.slot * nStats);
   return { type: 'shard', id: msg.id, losses };
 }
 
