@@ -19,7 +19,7 @@ import {
   tileConfig,
   unregisterWasmTrainingKernels,
 } from '../src/tf/gradKernels/index.js';
-import { ortConvSessions } from '../src/tf/ortConv/kernels.js';
+import { nchwcBlockSize, ortConvSessions } from '../src/tf/ortConv/kernels.js';
 import { rng } from './support/random.js';
 
 type Pad = 'same' | 'valid' | number | tf.backend_util.ExplicitPadding;
@@ -100,6 +100,13 @@ for (const stride of [1, 2] as const) {
     CONV_CASES.push({ x: [2, 9, 8, 17], k: [3, 3], co: 6, stride, pad });
   }
   CONV_CASES.push({ x: [2, 8, 8, 16], k: [1, 1], co: 12, stride, pad: 'valid' });
+  // Channels in whole blocks of 16 (and so of 8): onnxruntime's NCHWc convs, forward and (stride 1) input gradient.
+  for (const pad of ['same', 'valid', 1, [[0, 0], [0, 2], [1, 0], [0, 0]]] as Pad[]) {
+    CONV_CASES.push({ x: [2, 9, 8, 16], k: [3, 3], co: 32, stride, pad });
+  }
+  CONV_CASES.push({ x: [2, 8, 7, 32], k: [1, 1], co: 16, stride, pad: 'valid' });
+  CONV_CASES.push({ x: [2, 6, 6, 16], k: [1, 1], co: 16, stride, pad: 1 }); // padding past the filter: dx not NCHWc
+  CONV_CASES.push({ x: [2, 12, 11, 3], k: [7, 7], co: 16, stride, pad: 3 }); // the stem: input read as NCHW
 }
 CONV_CASES.push({ x: [2, 7, 9, 3], k: [3, 3], co: 5, stride: [2, 1], pad: 'same' });
 CONV_CASES.push({ x: [1, 16, 16, 8], k: [1, 1], co: 16, stride: 2, pad: 'valid' }); // the downsample shortcut
@@ -245,6 +252,11 @@ for (const convs of TRAINING_CONVS) {
 
 describe('onnxruntime convs', () => {
   before(() => registerWasmTrainingKernels());
+
+  it('find the NCHWc conv block on x64 (the cases above with 16 or 32 channels ran on it)', () => {
+    const block = nchwcBlockSize();
+    if (process.arch === 'x64') assert.ok(block === 8 || block === 16, `block ${block}`);
+  });
 
   it('build one session per conv geometry, whatever the batch size', () => {
     const w = tf.randomNormal([3, 3, 4, 6]) as tf.Tensor4D;

@@ -1,5 +1,5 @@
 import onnxProto from 'onnx-proto';
-import type { Graph } from './syncSession.js';
+import { NCHWC_DOMAIN, type Graph } from './syncSession.js';
 
 /**
  * ONNX graphs of one conv each, in TF.js's layouts (activations NHWC, filters [kh, kw, Cin, Cout]), with the batch
@@ -12,6 +12,7 @@ type Node = onnxProto.onnx.INodeProto;
 type Attr = onnxProto.onnx.IAttributeProto;
 type Tensor = onnxProto.onnx.ITensorProto;
 
+const str = (name: string, s: string): Attr => ({ name, type: onnx.AttributeProto.AttributeType.STRING, s: new TextEncoder().encode(s) });
 const ints = (name: string, values: readonly number[]): Attr => ({ name, type: onnx.AttributeProto.AttributeType.INTS, ints: [...values] });
 const int = (name: string, i: number): Attr => ({ name, type: onnx.AttributeProto.AttributeType.INT, i });
 
@@ -35,9 +36,14 @@ class Builder {
   readonly constants: Tensor[] = [];
   private count = 0;
 
-  node(opType: string, input: string[], attribute: Attr[] = [], output = `t${this.count++}`): string {
-    this.nodes.push({ opType, input, output: [output], attribute });
+  node(opType: string, input: string[], attribute: Attr[] = [], output = `t${this.count++}`, domain?: string): string {
+    this.nodes.push({ opType, input, output: [output], attribute, ...(domain === undefined ? {} : { domain }) });
     return output;
+  }
+
+  /** A node of onnxruntime's NCHWc operators (below). */
+  nchwc(opType: string, input: string[], attribute: Attr[] = [], output?: string): string {
+    return this.node(opType, input, attribute, output ?? `t${this.count++}`, NCHWC_DOMAIN);
   }
 
   int64(values: readonly number[]): string {
@@ -204,4 +210,79 @@ function filterGradientBatchConv(g: ConvGeometry): Graph {
   ]);
   b.node('Transpose', [z], [ints('perm', [2, 3, 0, 1])], 'dw');
   return b.graph([floatValueInfo('x', inShape(g)), floatValueInfo('dy', outShape(g))], [floatValueInfo('dw', filterShape(g))]);
+}
+
+/*
+ * onnxruntime's NCHWc convs (MLAS's direct convs over channel blocks, the com.microsoft.nchwc operators). Its graph
+ * optimiser uses them only for a Conv whose filter is a constant, which a trained filter is not, so these graphs
+ * call them directly and lay the filter out in the graph: [O/B][I/B][kh][kw][Bi][Bo] (input channels in blocks), or
+ * [O/B][I][kh][kw][Bo] for an input of fewer channels than a block (the stem's 3), which the conv reads as NCHW.
+ * B is the CPU's block size (8 with AVX2, 16 with AVX-512), found by `nchwcBlockSize` in kernels.ts.
+ */
+
+/** The forward conv fits the NCHWc graph: output channels in whole blocks, input channels too or under one block. */
+export function nchwcForwardFits(g: ConvGeometry, block: number): boolean {
+  return g.outChannels % block === 0 && (g.inChannels % block === 0 || g.inChannels < block);
+}
+
+/**
+ * The input gradient fits the NCHWc graph: a stride-1, undilated conv whose padding is under the filter's size, so
+ * that dx is the full conv of dy with the filter flipped and its channels swapped.
+ */
+export function nchwcInputGradientFits(g: ConvGeometry, block: number): boolean {
+  const { top, bottom, left, right } = g.pad;
+  return (
+    g.strideHeight === 1 && g.strideWidth === 1 && g.dilationHeight === 1 && g.dilationWidth === 1 &&
+    Math.max(top, bottom) < g.filterHeight && Math.max(left, right) < g.filterWidth &&
+    g.inChannels % block === 0 && g.outChannels % block === 0
+  );
+}
+
+/** A [kh, kw, I, O] filter in the NCHWc conv's layout; `swap`: flipped in space, I and O exchanged (for dx). */
+function nchwcFilter(b: Builder, filter: string, g: ConvGeometry, block: number, swap = false): string {
+  const { filterHeight: kh, filterWidth: kw, inChannels: ci, outChannels: co } = g;
+  if (ci < block) {
+    const blocked = b.node('Reshape', [filter, b.int64([kh, kw, ci, co / block, block])]);
+    const t = b.node('Transpose', [blocked], [ints('perm', [3, 2, 0, 1, 4])]);
+    return b.node('Reshape', [t, b.int64([co, ci, kh, kw])]);
+  }
+  let f = filter;
+  if (swap && kh * kw > 1) {
+    f = b.node('Slice', [f, b.int64([kh - 1, kw - 1]), b.int64([-(kh + 1), -(kw + 1)]), b.int64([0, 1]), b.int64([-1, -1])]);
+  }
+  const blocked = b.node('Reshape', [f, b.int64([kh, kw, ci / block, block, co / block, block])]);
+  // [kh, kw, I/B, Bi, O/B, Bo] -> [O/B, I/B, kh, kw, Bi, Bo]; swapped, the conv's input is O and its output I.
+  const t = b.node('Transpose', [blocked], [ints('perm', swap ? [2, 4, 0, 1, 5, 3] : [4, 2, 0, 1, 3, 5])]);
+  return b.node('Reshape', [t, b.int64(swap ? [ci, co, kh, kw] : [co, ci, kh, kw])]);
+}
+
+/** As forwardGraph, on the NCHWc conv (check nchwcForwardFits first). */
+export function nchwcForwardGraph(g: ConvGeometry, bias: boolean, relu: boolean, block: number): Graph {
+  const b = new Builder();
+  const x = g.inChannels < block ? b.node('Transpose', ['x'], [ints('perm', NHWC_TO_NCHW)]) : b.nchwc('ReorderInput', ['x'], [int('channels_last', 1)]);
+  const w = nchwcFilter(b, 'filter', g, block);
+  const attrs = [
+    ints('pads', onnxPads(g.pad)),
+    ints('strides', [g.strideHeight, g.strideWidth]),
+    ints('dilations', [g.dilationHeight, g.dilationWidth]),
+  ];
+  if (relu) attrs.push(str('activation', 'Relu'));
+  const y = b.nchwc('Conv', bias ? [x, w, 'bias'] : [x, w], attrs);
+  b.nchwc('ReorderOutput', [y], [int('channels_last', 1), int('channels', g.outChannels)], 'y');
+  const inputs = [floatValueInfo('x', inShape(g)), floatValueInfo('filter', filterShape(g))];
+  if (bias) inputs.push(floatValueInfo('bias', [g.outChannels]));
+  return b.graph(inputs, [floatValueInfo('y', outShape(g))]);
+}
+
+/** As inputGradientGraph, on the NCHWc conv (check nchwcInputGradientFits first). */
+export function nchwcInputGradientGraph(g: ConvGeometry, block: number): Graph {
+  const b = new Builder();
+  const dy = b.nchwc('ReorderInput', ['dy'], [int('channels_last', 1)]);
+  const w = nchwcFilter(b, 'filter', g, block, true);
+  const { top, bottom, left, right } = g.pad;
+  const dx = b.nchwc('Conv', [dy, w], [
+    ints('pads', [g.filterHeight - 1 - top, g.filterWidth - 1 - left, g.filterHeight - 1 - bottom, g.filterWidth - 1 - right]),
+  ]);
+  b.nchwc('ReorderOutput', [dx], [int('channels_last', 1), int('channels', g.inChannels)], 'dx');
+  return b.graph([floatValueInfo('dy', outShape(g)), floatValueInfo('filter', filterShape(g))], [floatValueInfo('dx', inShape(g))]);
 }

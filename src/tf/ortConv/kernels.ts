@@ -2,8 +2,18 @@ import * as tf from '@tensorflow/tfjs';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { conv2DBackpropFilterConfig, conv2DBackpropInputConfig } from '../gradKernels/conv.js';
 import { kernelInputs, runNativeKernel, WASM, type KernelArgs } from '../gradKernels/shared.js';
-import { filterGradientGraph, forwardGraph, geometryKey, inputGradientGraph, type ConvGeometry } from './graphs.js';
-import { SessionCache, type Graph, type TensorView } from './syncSession.js';
+import {
+  filterGradientGraph,
+  forwardGraph,
+  geometryKey,
+  inputGradientGraph,
+  nchwcForwardFits,
+  nchwcForwardGraph,
+  nchwcInputGradientFits,
+  nchwcInputGradientGraph,
+  type ConvGeometry,
+} from './graphs.js';
+import { SessionCache, SyncSession, type Graph, type TensorView } from './syncSession.js';
 
 /**
  * Conv2D, FusedConv2D and both conv gradients on the TF.js wasm backend, computed by onnxruntime's native CPU convs
@@ -29,6 +39,51 @@ export function releaseOrtConv(): void {
 /** Sessions built so far (for tests: one per geometry and kind, whatever the batch). */
 export function ortConvSessions(): number {
   return cache?.size ?? 0;
+}
+
+let block: number | null | undefined;
+
+/**
+ * The channel block of onnxruntime's NCHWc convs on this CPU, or null where they do not run. Found by running the
+ * NCHWc graph of a small conv for each candidate and keeping the one whose answer equals the plain graph's: a wrong
+ * block lays the filter out wrongly, which changes the answer.
+ */
+export function nchwcBlockSize(): number | null {
+  if (block !== undefined) return block;
+  const c = 32;
+  const g: ConvGeometry = {
+    inHeight: 5, inWidth: 5, inChannels: c, outHeight: 5, outWidth: 5, outChannels: c, filterHeight: 3, filterWidth: 3,
+    strideHeight: 1, strideWidth: 1, dilationHeight: 1, dilationWidth: 1, pad: { top: 1, bottom: 1, left: 1, right: 1 },
+  };
+  const xDims = [1, 5, 5, c];
+  const wDims = [3, 3, c, c];
+  const x = Float32Array.from({ length: 25 * c }, (_, i) => Math.sin(i * 0.37));
+  const w = Float32Array.from({ length: 9 * c * c }, (_, i) => Math.cos(i * 0.91));
+  const run = (graph: Graph): Float32Array => {
+    const y = new Float32Array(25 * c);
+    const s = new SyncSession(graph, 1);
+    try {
+      s.run({ x: { data: x, dims: xDims }, filter: { data: w, dims: wDims } }, { y: { data: y, dims: xDims } });
+    } finally {
+      s.dispose();
+    }
+    return y;
+  };
+  const expected = run(forwardGraph(g, false, false));
+  block = null;
+  for (const candidate of [16, 8, 4]) {
+    let y: Float32Array;
+    try {
+      y = run(nchwcForwardGraph(g, false, false, candidate));
+    } catch {
+      continue; // this build of onnxruntime has no NCHWc operators
+    }
+    if (y.every((v, i) => Math.abs(v - expected[i]!) <= 1e-4 * (1 + Math.abs(expected[i]!)))) {
+      block = candidate;
+      break;
+    }
+  }
+  return block;
 }
 
 function session(key: string, build: () => Graph) {
@@ -102,6 +157,10 @@ function convInfo(
 function forward(backend: BackendWasm, info: tf.backend_util.Conv2DInfo, inputs: { x: tf.TensorInfo; filter: tf.TensorInfo; bias?: tf.TensorInfo }, relu: boolean): tf.TensorInfo {
   const g = geometry(info);
   const bias = inputs.bias !== undefined;
+  const b = nchwcBlockSize();
+  if (b !== null && nchwcForwardFits(g, b)) {
+    return runOnHeap(backend, `nfwd|${bias}|${relu}|${geometryKey(g)}`, () => nchwcForwardGraph(g, bias, relu, b), inputs, { name: 'y', shape: info.outShape });
+  }
   return runOnHeap(backend, `fwd|${bias}|${relu}|${geometryKey(g)}`, () => forwardGraph(g, bias, relu), inputs, { name: 'y', shape: info.outShape });
 }
 
@@ -138,6 +197,10 @@ function conv2DBackpropInput(args: KernelArgs): tf.TensorInfo {
   const info = convInfo(attrs.inputShape, filter.shape, attrs, 1);
   if (info.dataFormat !== 'channelsLast' || !float32(dy, filter)) return conv2DBackpropInputConfig.kernelFunc(args) as tf.TensorInfo;
   const g = geometry(info);
+  const b = nchwcBlockSize();
+  if (b !== null && nchwcInputGradientFits(g, b)) {
+    return runOnHeap(backend, `ndx|${geometryKey(g)}`, () => nchwcInputGradientGraph(g, b), { dy, filter }, { name: 'dx', shape: [...attrs.inputShape] });
+  }
   return runOnHeap(backend, `dx|${geometryKey(g)}`, () => inputGradientGraph(g), { dy, filter }, { name: 'dx', shape: [...attrs.inputShape] });
 }
 

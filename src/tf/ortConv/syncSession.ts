@@ -22,13 +22,15 @@ export interface TensorView {
 /** The opset the conv graphs are written against (ConvTranspose output_padding, Slice/Pad inputs: opset 11+). */
 const OPSET = 13;
 const IR_VERSION = 7;
+/** onnxruntime's NCHWc operators (contrib ops of its CPU provider), opset 1. */
+export const NCHWC_DOMAIN = 'com.microsoft.nchwc';
 
 export class SyncSession {
   private readonly session: Binding.InferenceSession;
 
   constructor(graph: Graph, threads: number) {
     initOrt();
-    const bytes = onnx.ModelProto.encode({ irVersion: IR_VERSION, opsetImport: [{ domain: '', version: OPSET }], graph }).finish();
+    const bytes = onnx.ModelProto.encode({ irVersion: IR_VERSION, opsetImport: [{ domain: '', version: OPSET }, { domain: NCHWC_DOMAIN, version: 1 }], graph }).finish();
     this.session = new binding.InferenceSession();
     this.session.loadModel(bytes.buffer as ArrayBuffer, bytes.byteOffset, bytes.byteLength, {
       intraOpNumThreads: threads,
