@@ -95,7 +95,7 @@ for (const stride of [1, 2] as const) {
   CONV_CASES.push({ x: [2, 11, 8, 3], k: [7, 7], co: 4, stride, pad: 3 });
   CONV_CASES.push({ x: [2, 8, 7, 5], k: [3, 3], co: 3, stride, pad: [[0, 0], [0, 2], [1, 0], [0, 0]] });
   CONV_CASES.push({ x: [2, 10, 10, 6], k: [3, 3], co: 8, stride, pad: 'valid' }); // zeroPadding2d(1) + 'valid'
-  // 16+ input channels: onnxruntime's filter gradient as one GEMM over shifted slices (tf/ortConv/graphs.ts).
+  // 16+ input channels: onnxruntime's filter gradient as one GEMM per filter tap (tf/ortConv/graphs.ts).
   for (const pad of ['same', 'valid', 1, [[0, 0], [0, 2], [1, 0], [0, 0]]] as Pad[]) {
     CONV_CASES.push({ x: [2, 9, 8, 17], k: [3, 3], co: 6, stride, pad });
   }

@@ -4,7 +4,7 @@ import { NCHWC_DOMAIN, type Graph } from './syncSession.js';
 /**
  * ONNX graphs of one conv each, in TF.js's layouts (activations NHWC, filters [kh, kw, Cin, Cout]), with the batch
  * dimension symbolic so that one session serves every batch size. onnxruntime's CPU convs are NCHW, so the graphs
- * transpose around them; the filter gradient needs no transpose when it is written as one GEMM over shifted slices.
+ * transpose around them; the filter gradient needs no transpose when it is written as GEMMs over shifted slices.
  */
 
 const { onnx } = onnxProto;
@@ -142,7 +142,7 @@ export function inputGradientGraph(g: ConvGeometry): Graph {
 }
 
 /**
- * Below this many input channels the filter gradient is a conv over the batch (each slice of the GEMM form would
+ * Below this many input channels the filter gradient is a conv over the batch (each tap's GEMM would
  * be a few channels wide: the stem's 3).
  */
 export const SLICE_GEMM_MIN_CHANNELS = 16;
@@ -162,8 +162,9 @@ function reach(inSize: number, outSize: number, kernel: number, stride: number, 
 }
 
 /**
- * One GEMM: the kh*kw strided slices of the padded input, side by side along channels, are the im2col matrix
- * [N*OH*OW, kh*kw*Cin] in exactly the filter's order, and dW = that matrix transposed times dy as [N*OH*OW, Cout].
+ * One GEMM per filter tap: the tap's strided slice of the padded input, as [N*OH*OW, Cin], transposed times dy as
+ * [N*OH*OW, Cout] is dW[kh, kw] ([Cin, Cout]); the taps' products stacked in (kh, kw) order are dW. (One GEMM over
+ * the slices laid side by side, an im2col, gives the same sums but writes and reads kh*kw copies of the input.)
  */
 function filterGradientSlices(g: ConvGeometry): Graph {
   const b = new Builder();
@@ -173,19 +174,18 @@ function filterGradientSlices(g: ConvGeometry): Graph {
   if (g.pad.top + g.pad.left + bottom + right > 0) x = b.node('Pad', [x, b.int64([0, g.pad.top, g.pad.left, 0, 0, bottom, right, 0])]);
   const axes = b.int64([1, 2]);
   const steps = b.int64([g.strideHeight, g.strideWidth]);
-  const slices: string[] = [];
+  const rows = b.int64([-1, g.inChannels]);
+  const dy = b.node('Reshape', ['dy', b.int64([-1, g.outChannels])]);
+  const taps: string[] = [];
   for (let kh = 0; kh < g.filterHeight; kh++) {
     for (let kw = 0; kw < g.filterWidth; kw++) {
       const starts = b.int64([kh, kw]);
       const ends = b.int64([kh + g.strideHeight * (g.outHeight - 1) + 1, kw + g.strideWidth * (g.outWidth - 1) + 1]);
-      slices.push(b.node('Slice', [x, starts, ends, axes, steps]));
+      const slice = b.node('Reshape', [b.node('Slice', [x, starts, ends, axes, steps]), rows]);
+      taps.push(b.node('Gemm', [slice, dy], [int('transA', 1)]));
     }
   }
-  const cols = slices.length === 1 ? slices[0]! : b.node('Concat', slices, [int('axis', 3)]);
-  const k = g.filterHeight * g.filterWidth * g.inChannels;
-  const a = b.node('Reshape', [cols, b.int64([-1, k])]);
-  const dy = b.node('Reshape', ['dy', b.int64([-1, g.outChannels])]);
-  const dw = b.node('Gemm', [a, dy], [int('transA', 1)]);
+  const dw = taps.length === 1 ? taps[0]! : b.node('Concat', taps, [int('axis', 0)]);
   b.node('Reshape', [dw, b.int64(filterShape(g))], [], 'dw');
   return b.graph([floatValueInfo('x', inShape(g)), floatValueInfo('dy', outShape(g))], [floatValueInfo('dw', filterShape(g))]);
 }
