@@ -21,7 +21,8 @@ export function classWeights(pixelCounts: readonly number[], maxWeight = CLASS_W
 /**
  * Pixelwise weighted cross-entropy (Sec. 2.2-2.3), reduced as PyTorch's CrossEntropyLoss(weight=w) does:
  *   Lseg = sum_i w_{y_i} (-log softmax(z_i)_{y_i}) / sum_i w_{y_i}.
- * `target` [B,H,W,C] holds w_{y_i} at the true class's channel and 0 elsewhere; items that are not segmentation
+ * `target` [B,H,W,C] holds w_{y_i} at the true class's channel and 0 elsewhere (or, for logits shared by a block of
+ * pixels, those pixels' sum: training passes seg16 and step.ts's blockTargets); items that are not segmentation
  * patches have all-zero rows, so they add nothing. No segmentation pixels at all gives 0.
  */
 export function weightedPixelCrossEntropy(maskLogits: tf.Tensor, target: tf.Tensor, denominator?: number): tf.Scalar {
