@@ -5,6 +5,7 @@
  *   npx tsx bench/train.ts [--batch 20] [--steps 3] [--native-steps 1] [--rounds 2] [--engines wasm,wasm-workers,torch,...]
  * Engines run in rounds, alternating, so drift on a shared machine falls on all of them; ratios are per round.
  *   npx tsx bench/train.ts --engine wasm [--profile]     one engine, JSON on stdout (and a kernel profile)
+ *     with --profile: TOP=N lists N kernels (default 15); SHAPES=KernelName lists that kernel's input shapes
  * Benchmarks are not tests: nothing here asserts.
  */
 import { spawn } from 'node:child_process';
@@ -177,7 +178,7 @@ async function measure(engine: EngineName, batch: number, steps: number): Promis
     const byKernel = new Map<string, number>();
     for (const k of info.kernels) byKernel.set(k.name, (byKernel.get(k.name) ?? 0) + Number(k.kernelTimeMs));
     if (process.env.SHAPES) for (const k of info.kernels) if (k.name === process.env.SHAPES) process.stderr.write(`${k.name} ${JSON.stringify(k.inputShapes)} ${Number(k.kernelTimeMs).toFixed(1)}\n`);
-    for (const [name, ms] of [...byKernel].sort((p, q) => q[1] - p[1]).slice(0, 15)) {
+    for (const [name, ms] of [...byKernel].sort((p, q) => q[1] - p[1]).slice(0, Number(process.env.TOP ?? 15))) {
       process.stderr.write(`${name.padEnd(28)} ${ms.toFixed(0).padStart(6)} ms\n`);
     }
   }
