@@ -158,10 +158,9 @@ function forward(backend: BackendWasm, info: tf.backend_util.Conv2DInfo, inputs:
   const g = geometry(info);
   const bias = inputs.bias !== undefined;
   const b = nchwcBlockSize();
-  if (b !== null && nchwcForwardFits(g, b)) {
-    return runOnHeap(backend, `nfwd|${bias}|${relu}|${geometryKey(g)}`, () => nchwcForwardGraph(g, bias, relu, b), inputs, { name: 'y', shape: info.outShape });
-  }
-  return runOnHeap(backend, `fwd|${bias}|${relu}|${geometryKey(g)}`, () => forwardGraph(g, bias, relu), inputs, { name: 'y', shape: info.outShape });
+  const [key, build] =
+    b !== null && nchwcForwardFits(g, b) ? ['nfwd', () => nchwcForwardGraph(g, bias, relu, b)] : ['fwd', () => forwardGraph(g, bias, relu)];
+  return runOnHeap(backend, `${key}|${bias}|${relu}|${geometryKey(g)}`, build, inputs, { name: 'y', shape: info.outShape });
 }
 
 function conv2D(args: KernelArgs): tf.TensorInfo {
@@ -198,10 +197,9 @@ function conv2DBackpropInput(args: KernelArgs): tf.TensorInfo {
   if (info.dataFormat !== 'channelsLast' || !float32(dy, filter)) return conv2DBackpropInputConfig.kernelFunc(args) as tf.TensorInfo;
   const g = geometry(info);
   const b = nchwcBlockSize();
-  if (b !== null && nchwcInputGradientFits(g, b)) {
-    return runOnHeap(backend, `ndx|${geometryKey(g)}`, () => nchwcInputGradientGraph(g, b), { dy, filter }, { name: 'dx', shape: [...attrs.inputShape] });
-  }
-  return runOnHeap(backend, `dx|${geometryKey(g)}`, () => inputGradientGraph(g), { dy, filter }, { name: 'dx', shape: [...attrs.inputShape] });
+  const [key, build] =
+    b !== null && nchwcInputGradientFits(g, b) ? ['ndx', () => nchwcInputGradientGraph(g, b)] : ['dx', () => inputGradientGraph(g)];
+  return runOnHeap(backend, `${key}|${geometryKey(g)}`, build, { dy, filter }, { name: 'dx', shape: [...attrs.inputShape] });
 }
 
 function conv2DBackpropFilter(args: KernelArgs): tf.TensorInfo {

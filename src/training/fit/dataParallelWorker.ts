@@ -9,7 +9,7 @@ import { initWasmBackend } from '../../tf/backend.js';
 import { registerWasmTrainingKernels } from '../../tf/gradKernels/index.js';
 import { adamUpdate, type AdamConstants } from './adamState.js';
 import type { ParallelReply, ParallelRequest, ParallelWorkerInit, ShardRequest, SharedState, UpdateRequest } from './dataParallelProtocol.js';
-import { readFlat, writeFlat } from './flatWeights.js';
+import { readFlat, tensorsFromFlat, writeFlat } from './flatWeights.js';
 import { batchGradients, trainableVariables } from './step.js';
 
 const port = parentPort;
@@ -73,13 +73,7 @@ function attach(shared: SharedState, adam: AdamConstants): Views {
 function load(s: Views): void {
   readFlat(s.trainable, vars);
   tf.dispose(stepStats);
-  let o = 0;
-  stepStats = stats.map((w) => {
-    const n = sizeOf(w);
-    const t = tf.tensor(s.stats.subarray(o, o + n), w.shape as number[]);
-    o += n;
-    return t;
-  });
+  stepStats = tensorsFromFlat(s.stats, stats.map((w) => w.shape as number[]));
 }
 
 async function shard(s: Views, msg: ShardRequest): Promise<ParallelReply> {

@@ -9,13 +9,18 @@ export async function writeFlat(tensors: readonly tf.Tensor[], out: Float32Array
   }
 }
 
+/** New tensors of the given shapes from consecutive runs of `flat` (the caller disposes them). */
+export function tensorsFromFlat(flat: Float32Array, shapes: readonly number[][]): tf.Tensor[] {
+  let o = 0;
+  return shapes.map((shape) => {
+    const n = tf.util.sizeFromShape(shape);
+    const t = tf.tensor(flat.subarray(o, o + n), shape);
+    o += n;
+    return t;
+  });
+}
+
 /** Assigns consecutive runs of `flat` to the variables, in order. */
 export function readFlat(flat: Float32Array, into: readonly tf.Variable[]): void {
-  let o = 0;
-  tf.tidy(() => {
-    for (const v of into) {
-      v.assign(tf.tensor(flat.subarray(o, o + v.size), v.shape));
-      o += v.size;
-    }
-  });
+  tf.tidy(() => tensorsFromFlat(flat, into.map((v) => v.shape)).forEach((t, i) => into[i]!.assign(t)));
 }
